@@ -1,0 +1,250 @@
+"""Data: arrays turned into batches without per-sample Python, and the lesson's `ImageClassifierData`.
+
+    md = ImageClassifierData.from_arrays("data/mnist", (x, y), (x_valid, y_valid), bs=64)
+    for xb, yb in md.trn_dl: ...          # xb (64, 784) float32, yb (64,) int64, on md.device
+
+A loader indexes whole tensors with a permutation (training) or slices them in order (validation,
+test), so a batch costs one gather, not 64 Python calls. The tensors are moved to the training
+device once; seeding `torch.manual_seed` makes the shuffled order reproducible.
+"""
+import math
+
+import numpy as np
+import torch
+
+__all__ = ["ArrayDataset", "ArrayLoader", "ImageClassifierData", "default_device", "DataError", "as_tensors"]
+
+
+class DataError(ValueError):
+    """Input arrays that netfit cannot train on; the message says what was expected and what was given."""
+
+
+def default_device():
+    """The best device here: CUDA, then Apple's MPS, then the CPU.
+
+    Example:
+        >>> net = torch.nn.Linear(784, 10).to(default_device())
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _describe(a):
+    a = np.asarray(a) if not isinstance(a, torch.Tensor) else a
+    if a.numel() if isinstance(a, torch.Tensor) else a.size:
+        return f"{a.dtype} of shape {tuple(a.shape)} with min {a.min().item()}, max {a.max().item()}"
+    return f"an empty {a.dtype} array of shape {tuple(a.shape)}"
+
+
+def as_tensors(x, y=None, name="x", n_classes=None):
+    """Check and convert one split to tensors: x float32 (N, ...), y int64 (N,).
+
+    The checks happen here, before any computation, so that a bad array gets a sentence naming
+    what was expected and what was given instead of an error deep inside torch.
+    """
+    if x is None:
+        raise DataError(f"{name} is None; expected an array of shape (N, features)")
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = np.asarray(x)
+        except Exception as e:
+            raise DataError(f"{name} could not be read as an array: {e}") from None
+        if x.dtype.kind not in "biuf":
+            raise DataError(f"{name} must be numeric; got dtype {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    elif not x.is_floating_point():
+        x = x.float()
+    elif x.dtype != torch.float32:
+        x = x.float()
+    if x.ndim < 1 or len(x) == 0:
+        raise DataError(f"{name} is empty (shape {tuple(x.shape)}); expected at least one row")
+    if x.ndim < 2:
+        raise DataError(f"{name} has shape {tuple(x.shape)}; expected (N, features) or (N, H, W), one row per example")
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise DataError(f"{name} holds {bad} NaN or infinite values; expected finite numbers")
+    if y is None:
+        return x, None
+    yname = "y" if name == "x" else name.replace("x", "y", 1)
+    if not isinstance(y, torch.Tensor):
+        y = np.asarray(y)
+        if y.dtype.kind == "f" or y.dtype.kind not in "biu":
+            raise DataError(f"{yname} must hold integer class labels; got {_describe(y)}"
+                            + (" (use y.astype('int64'))" if y.dtype.kind == "f" else ""))
+        y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+    else:
+        if y.is_floating_point() or y.is_complex():
+            raise DataError(f"{yname} must hold integer class labels; got {_describe(y)} (use y.long())")
+        y = y.long()
+    if y.ndim != 1:
+        raise DataError(f"{yname} has shape {tuple(y.shape)}; expected one label per row, shape ({len(x)},)")
+    if len(y) != len(x):
+        raise DataError(f"{name} has {len(x)} rows but {yname} has {len(y)} labels; expected the same number")
+    lo, hi = y.min().item(), y.max().item()
+    if lo < 0 or (n_classes is not None and hi >= n_classes):
+        rng = f"[0, {n_classes})" if n_classes is not None else "0 or more"
+        raise DataError(f"{yname} must be class labels in {rng}; got min {lo}, max {hi}")
+    return x, y
+
+
+class ArrayDataset:
+    """A pair of tensors indexed together: `ds[i] -> (x[i], y[i])`; `ds.x`, `ds.y` hold them whole."""
+
+    def __init__(self, x, y=None):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return (self.x[i], self.y[i]) if self.y is not None else self.x[i]
+
+
+class ArrayLoader:
+    """Batches of `(x, y)` cut from whole tensors.
+
+    Args:
+        x: (N, ...) tensor; y: (N,) tensor or None (then batches are `x` alone).
+        bs: rows per batch; the last batch holds the rest unless `drop_last`.
+        shuffle: a fresh permutation each epoch, from torch's global generator (seed it with
+            `torch.manual_seed`) or from `generator`.
+
+    Example:
+        >>> dl = ArrayLoader(torch.zeros(10, 3), torch.arange(10), bs=4)
+        >>> [len(yb) for xb, yb in dl]
+        [4, 4, 2]
+    """
+
+    def __init__(self, x, y=None, bs=64, shuffle=False, drop_last=False, generator=None):
+        if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
+            raise DataError(f"batch size must be a positive integer; got {bs!r}")
+        self.x, self.y, self.bs = x, y, bs
+        self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
+        self.dataset = ArrayDataset(x, y)
+
+    @property
+    def device(self):
+        return self.x.device
+
+    def to(self, device):
+        """Move the tensors to `device` (once; a no-op when already there). Returns self."""
+        device = torch.device(device)
+        if self.x.device != device:
+            self.x = self.x.to(device)
+            self.y = self.y.to(device) if self.y is not None else None
+            self.dataset = ArrayDataset(self.x, self.y)
+        return self
+
+    def __len__(self):
+        n = len(self.x)
+        return n // self.bs if self.drop_last else math.ceil(n / self.bs)
+
+    def order(self):
+        """This epoch's row order: a permutation when shuffling, else None (rows in order)."""
+        if not self.shuffle:
+            return None
+        if self.generator is not None:
+            return torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
+        return torch.randperm(len(self.x), device=self.x.device)
+
+    def __iter__(self):
+        idx, n, bs = self.order(), len(self.x), self.bs
+        stop = n - n % bs if self.drop_last else n
+        for i in range(0, stop, bs):
+            if idx is None:  # contiguous slices are views: no copy at all
+                xb, yb = self.x[i:i + bs], (self.y[i:i + bs] if self.y is not None else None)
+            else:
+                j = idx[i:i + bs]
+                xb, yb = self.x[j], (self.y[j] if self.y is not None else None)
+            yield (xb, yb) if yb is not None else xb
+
+
+class ImageClassifierData:
+    """The lesson's data object: training, validation and optional test loaders over arrays.
+
+    Attributes: `trn_dl` (shuffled each epoch), `val_dl`, `test_dl` (in order, every row once, last
+    batch partial), `trn_ds`, `val_ds`, `test_ds`, `trn_y`, `val_y` (numpy), `c` (number of classes),
+    `classes`, `bs`, `path`, `device`.
+    """
+
+    def __init__(self, path, trn, val, bs=64, test=None, classes=None, device=None):
+        self.path, self.bs = path, bs
+        if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+            raise DataError(f"bs (batch size) must be a positive integer; got {bs!r}")
+        bs = int(bs)
+        trn_x, trn_y = _pair(trn, "trn")
+        x, y = as_tensors(trn_x, trn_y, "x")
+        if val is not None:
+            val_x, val_y = _pair(val, "val")
+            xv, yv = as_tensors(val_x, val_y, "x_valid")
+            if xv.shape[1:] != x.shape[1:]:
+                raise DataError(f"x_valid rows have shape {tuple(xv.shape[1:])} but x rows have "
+                                f"{tuple(x.shape[1:])}; expected the same")
+        else:
+            xv = yv = None
+        n_seen = int(max(y.max().item(), yv.max().item() if yv is not None else 0)) + 1
+        if classes is not None:
+            classes = list(classes)
+            if n_seen > len(classes):
+                raise DataError(f"labels go up to {n_seen - 1} but only {len(classes)} classes were named")
+        self.classes = classes if classes is not None else list(range(n_seen))
+        self.c = len(self.classes)
+        xt = None
+        if test is not None:
+            xt, _ = as_tensors(test[0] if isinstance(test, (tuple, list)) and len(test) == 2 else test, None, "test")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.trn_dl = ArrayLoader(x, y, bs, shuffle=True)
+        self.val_dl = ArrayLoader(xv, yv, bs) if xv is not None else None
+        self.test_dl = ArrayLoader(xt, None, bs) if xt is not None else None
+        self.to(self.device)
+
+    @classmethod
+    def from_arrays(cls, path, trn, val, bs=64, tfms=(None, None), classes=None, num_workers=None,
+                    test=None, device=None):
+        """Wrap numpy arrays (or tensors) as the lesson does.
+
+        Args:
+            path: a folder name kept for the user (nothing is written there).
+            trn, val: `(x, y)` pairs; x float (N, features) or (N, H, W), y integer labels (N,).
+            bs: batch size. test: optional x array (or `(x, y)`) for `test_dl`.
+            tfms, num_workers: accepted for fastai 0.7 compatibility; loading needs no workers.
+            device: where the arrays live; default `default_device()`.
+
+        Example:
+            >>> x = np.random.rand(100, 784).astype("float32"); y = np.arange(100) % 10
+            >>> md = ImageClassifierData.from_arrays("data/demo", (x, y), (x[:20], y[:20]), bs=32, device="cpu")
+            >>> md.c, len(md.trn_dl), len(md.val_dl)
+            (10, 4, 1)
+        """
+        if tfms is not None and any(t is not None for t in (tfms if isinstance(tfms, (tuple, list)) else [tfms])):
+            raise DataError("tfms (augmentation) are not supported by from_arrays; pass tfms=None")
+        return cls(path, trn, val, bs=bs, test=test, classes=classes, device=device)
+
+    def to(self, device):
+        """Move every loader's tensors to `device` once. Returns self."""
+        self.device = torch.device(device)
+        for dl in (self.trn_dl, self.val_dl, self.test_dl):
+            if dl is not None:
+                dl.to(self.device)
+        return self
+
+    trn_ds = property(lambda self: self.trn_dl.dataset)
+    val_ds = property(lambda self: self.val_dl.dataset if self.val_dl is not None else None)
+    test_ds = property(lambda self: self.test_dl.dataset if self.test_dl is not None else None)
+    trn_y = property(lambda self: self.trn_dl.y.cpu().numpy())
+    val_y = property(lambda self: self.val_dl.y.cpu().numpy() if self.val_dl is not None else None)
+
+    def __repr__(self):
+        n_val = len(self.val_dl.x) if self.val_dl is not None else 0
+        return (f"ImageClassifierData(path={self.path!r}, trn={len(self.trn_dl.x)}, val={n_val}, "
+                f"bs={self.bs}, c={self.c}, device={self.device})")
+
+
+def _pair(split, name):
+    if not isinstance(split, (tuple, list)) or len(split) != 2:
+        raise DataError(f"{name} must be an (x, y) pair; got {type(split).__name__}"
+                        + (f" of length {len(split)}" if isinstance(split, (tuple, list)) else ""))
+    return split

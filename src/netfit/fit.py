@@ -1,0 +1,421 @@
+"""The training loop: `fit`, its callback protocol, the `History` it returns, and `predict`.
+
+    history = fit(net, md, epochs=1, crit=nn.NLLLoss(), opt=optim.Adam(net.parameters()), metrics=[accuracy])
+    preds = predict(net, md.val_dl)      # numpy (N, C), rows in validation order
+
+`fit` follows fastai 0.7's argument order, `fit(model, data, n_epochs, opt, crit, metrics, callbacks)`,
+and accepts `n_epochs=` as well as `epochs=`. Callbacks are objects with methods named after the
+events in `EVENTS`; each gets the `Run` (model, data, opt, batch, loss, history...) and may raise
+`CancelBatch`, `CancelEpoch` or `CancelFit` to stop.
+
+Speed: the loop never reads a number back from the device inside an epoch; losses and metrics are
+summed there and read once per epoch.
+"""
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import DataError, default_device
+from .metrics import Mean
+
+__all__ = ["fit", "predict", "predict_with_targs", "set_lrs", "History", "Run", "Callback", "EVENTS",
+           "CancelFit", "CancelEpoch", "CancelBatch", "FitError"]
+
+EVENTS = ("before_fit", "before_epoch", "before_batch", "after_loss", "after_backward", "after_batch",
+          "after_epoch", "after_fit")
+
+
+class CancelFit(Exception):
+    """Raise in a callback to end training after the current step (the History so far is kept)."""
+
+
+class CancelEpoch(Exception):
+    """Raise in a callback to skip the rest of this epoch's training batches."""
+
+
+class CancelBatch(Exception):
+    """Raise in a callback to skip the rest of this batch (no step)."""
+
+
+class FitError(TypeError):
+    """`fit` was called with arguments it cannot use; the message says which and why."""
+
+
+class Callback:
+    """Base class for callbacks: override any of the methods named in `EVENTS`; each gets the Run."""
+
+
+class History:
+    """Per-epoch records of a `fit` call: `history[i]` is a dict, `history["val_loss"]` a list.
+
+    `history.info` says how the run was done (device, path, batches per epoch...).
+
+    Example:
+        >>> h = History(); h.append({"epoch": 0, "trn_loss": 0.5}); h["trn_loss"]
+        [0.5]
+    """
+
+    def __init__(self, records=None, info=None):
+        self.records, self.info = list(records or []), dict(info or {})
+
+    def append(self, record):
+        self.records.append(dict(record))
+
+    def __len__(self):
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return self.records[key]
+        return [r.get(key) for r in self.records]
+
+    @property
+    def keys(self):
+        seen = {}
+        for r in self.records:
+            seen.update(dict.fromkeys(r))
+        return list(seen)
+
+    def to_dict(self):
+        return {"records": self.records, "info": self.info}
+
+    def to_json(self, path=None):
+        text = json.dumps(self.to_dict(), indent=2, default=str)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def __repr__(self):
+        return _table_header(self.keys) + "".join("\n" + _table_row(r, self.keys) for r in self.records)
+
+
+@dataclass
+class Run:
+    """Everything a callback may look at or change during `fit`."""
+    model: nn.Module
+    data: object
+    opt: torch.optim.Optimizer
+    crit: object
+    metrics: list
+    epochs: int
+    history: History
+    device: torch.device
+    epoch: int = 0
+    step: int = 0          # optimizer steps taken so far, across epochs
+    batch: int = 0         # index of the batch within the epoch
+    n_batches: int = 0
+    xb: object = None
+    yb: object = None
+    preds: object = None
+    loss: object = None
+    record: dict = field(default_factory=dict)  # this epoch's figures, filled before `after_epoch`
+
+
+def set_lrs(opt, lr):
+    """Set the learning rate of every param group of `opt` (one rate, or one per group).
+
+    Example:
+        >>> opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1); set_lrs(opt, 0.01)
+        >>> opt.param_groups[0]["lr"]
+        0.01
+    """
+    lrs = list(lr) if isinstance(lr, (list, tuple, np.ndarray)) else [lr] * len(opt.param_groups)
+    if len(lrs) != len(opt.param_groups):
+        raise ValueError(f"got {len(lrs)} learning rates for {len(opt.param_groups)} param groups")
+    for group, rate in zip(opt.param_groups, lrs):
+        if not rate >= 0:
+            raise ValueError(f"Invalid learning rate: {rate}")
+        group["lr"] = float(rate)
+
+
+def _model_device(model):
+    p = next(model.parameters(), None)
+    if p is None:
+        p = next(model.buffers(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _loaders(data):
+    """(trn_dl, val_dl) from an ImageClassifierData-like object or a (trn_dl, val_dl) pair."""
+    if hasattr(data, "trn_dl"):
+        return data.trn_dl, getattr(data, "val_dl", None)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data[0], data[1]
+    raise FitError(f"data must have trn_dl/val_dl (e.g. ImageClassifierData) or be a (trn_dl, val_dl) "
+                   f"pair; got {type(data).__name__}")
+
+
+def _default_crit(model):
+    last = list(model.modules())[-1] if isinstance(model, nn.Sequential) else None
+    return nn.NLLLoss() if isinstance(last, nn.LogSoftmax) else nn.CrossEntropyLoss()
+
+
+def _batch(b, device):
+    xb, yb = (b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None)
+    if xb.device != device:
+        xb = xb.to(device, non_blocking=True)
+        yb = yb.to(device, non_blocking=True) if yb is not None else None
+    return xb, yb
+
+
+def _metric_name(m):
+    return getattr(m, "__name__", None) or type(m).__name__
+
+
+def _table_header(keys):
+    return "  ".join(f"{k:>9}" if k != "epoch" else "epoch" for k in keys if k != "lr")
+
+
+def _table_row(r, keys):
+    cells = []
+    for k in keys:
+        v = r.get(k)
+        if k == "lr":
+            continue
+        if k == "epoch":
+            cells.append(f"{v:5d}")
+        elif k == "time":
+            cells.append(f"{v:8.2f}s")
+        elif isinstance(v, float):
+            cells.append(f"{v:9.4f}")
+        else:
+            cells.append(f"{str(v):>9}")
+    return "  ".join(cells)
+
+
+class _Progress:
+    """tqdm's auto bar over the batches: a widget in Jupyter, one redrawn line on a terminal,
+    nothing when output is not a terminal (or `verbose=False`). The table goes through `write`."""
+
+    def __init__(self, verbose, total):
+        self.verbose, self.bar = verbose, None
+        if not verbose:
+            return
+        from tqdm.auto import tqdm
+        interactive = "ipykernel" in sys.modules or sys.stderr.isatty()
+        if interactive:
+            self.bar = tqdm(total=total, leave=False, dynamic_ncols=True, mininterval=0.2)
+
+    def start_epoch(self, total, desc):
+        if self.bar is not None:
+            self.bar.reset(total=total)
+            self.bar.set_description(desc, refresh=False)
+
+    def update(self, n):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def write(self, line):
+        if not self.verbose:
+            return
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=None, *, n_epochs=None,
+        verbose=True):
+    """Train `model` on `data` for `epochs` epochs and return a `History`.
+
+    Args:
+        model: an `nn.Module`; it stays on its own device and `data` is moved there once.
+        data: an `ImageClassifierData`, or a `(trn_dl, val_dl)` pair of iterables of `(x, y)`.
+        epochs: number of epochs (also accepted as `n_epochs=`, fastai's other spelling).
+        opt: an optimizer over the model's parameters (default `Adam(model.parameters())`).
+        crit: the loss (default `NLLLoss` when the model ends in `LogSoftmax`, else `CrossEntropyLoss`).
+        metrics: functions `metric(preds, targs)`, e.g. `[accuracy]`, computed on validation data.
+        callbacks: objects with methods named after `EVENTS`.
+        verbose: print the per-epoch table and a progress bar.
+
+    Each epoch prints `epoch  trn_loss  val_loss  <metrics>  time`; `trn_loss` is the mean training
+    loss over the epoch, validation loss and metrics are means weighted by batch size.
+
+    Example:
+        >>> from netfit import ImageClassifierData, accuracy
+        >>> x = np.random.rand(256, 4).astype("float32"); y = (x[:, 0] > 0.5).astype("int64")
+        >>> md = ImageClassifierData.from_arrays(".", (x, y), (x, y), bs=32, device="cpu")
+        >>> net = nn.Sequential(nn.Linear(4, 2), nn.LogSoftmax(dim=1))
+        >>> h = fit(net, md, 2, torch.optim.Adam(net.parameters(), 0.05), nn.NLLLoss(), [accuracy], verbose=False)
+        >>> len(h), sorted(h[0])
+        (2, ['accuracy', 'epoch', 'lr', 'time', 'trn_loss', 'val_loss'])
+    """
+    if n_epochs is not None:
+        if epochs is not None and epochs != n_epochs:
+            raise FitError(f"got epochs={epochs} and n_epochs={n_epochs}; pass one of them")
+        epochs = n_epochs
+    epochs = 1 if epochs is None else epochs
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise FitError(f"epochs must be a non-negative integer; got {epochs!r}")
+    if not isinstance(model, nn.Module):
+        raise FitError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    trn_dl, val_dl = _loaders(data)
+    device = _model_device(model)
+    if hasattr(data, "to"):
+        data.to(device)  # the arrays move once, not per batch
+    opt = torch.optim.Adam(model.parameters()) if opt is None else opt
+    _check_opt(model, opt)
+    crit = _default_crit(model) if crit is None else crit
+    metrics = list(metrics or [])
+    callbacks = list(callbacks or [])
+    handlers = {e: [getattr(cb, e) for cb in callbacks if callable(getattr(cb, e, None))] for e in EVENTS}
+
+    def emit(event):
+        for handler in handlers[event]:
+            handler(run)
+
+    history = History(info={"device": str(device), "batches_per_epoch": len(trn_dl)})
+    run = Run(model, data, opt, crit, metrics, int(epochs), history, device)
+    keys = ["epoch", "trn_loss"] + (["val_loss"] + [_metric_name(m) for m in metrics] if val_dl is not None else []) + ["time"]
+    progress = _Progress(verbose, len(trn_dl))
+    progress.write(_table_header(keys))
+    try:
+        emit("before_fit")
+        for epoch in range(int(epochs)):
+            run.epoch, start = epoch, time.perf_counter()
+            run.record = {"epoch": epoch}
+            progress.start_epoch(len(trn_dl), f"epoch {epoch}")
+            try:
+                emit("before_epoch")
+                run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress)
+            except CancelEpoch:
+                run.record.setdefault("trn_loss", float("nan"))
+            if val_dl is not None:
+                run.record.update(_validate(model, val_dl, crit, metrics, device))
+            run.record["time"] = time.perf_counter() - start
+            run.record["lr"] = opt.param_groups[0]["lr"]
+            emit("after_epoch")
+            history.append(run.record)
+            progress.write(_table_row(run.record, keys))
+        emit("after_fit")
+    except CancelFit:
+        pass
+    finally:
+        progress.close()
+    return history
+
+
+def _train_epoch(run, dl, emit, progress):
+    """One pass over the training batches; returns the mean training loss (one host read)."""
+    model, opt, crit = run.model, run.opt, run.crit
+    model.train()
+    loss_sum, n_done, pending = Mean(), 0, 0
+    run.n_batches = len(dl)
+    for i, b in enumerate(dl):
+        run.batch = i
+        run.xb, run.yb = _batch(b, run.device)
+        try:
+            emit("before_batch")
+            run.preds = model(run.xb)
+            run.loss = crit(run.preds, run.yb)
+            emit("after_loss")
+            opt.zero_grad(set_to_none=True)
+            run.loss.backward()
+            emit("after_backward")
+            opt.step()
+            run.step += 1
+            loss_sum.update(run.loss, len(run.yb))
+            emit("after_batch")
+        except CancelBatch:
+            pass
+        pending += 1
+        if pending == 16:  # the bar redraws at most every 0.2 s anyway; fewer calls cost less
+            progress.update(pending)
+            pending = 0
+    progress.update(pending)
+    return loss_sum.value
+
+
+def _validate(model, dl, crit, metrics, device):
+    """Validation loss and metrics, each weighted by batch size."""
+    was_training = model.training
+    model.eval()
+    loss, values = Mean(), [Mean() for _ in metrics]
+    with torch.no_grad():
+        for b in dl:
+            xb, yb = _batch(b, device)
+            preds = model(xb)
+            loss.update(crit(preds, yb), len(yb))
+            for m, v in zip(metrics, values):
+                v.update(m(preds, yb), len(yb))
+    model.train(was_training)
+    return {"val_loss": loss.value, **{_metric_name(m): v.value for m, v in zip(metrics, values)}}
+
+
+def _check_opt(model, opt):
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise FitError(f"opt must be a torch.optim.Optimizer such as optim.Adam(net.parameters()); "
+                       f"got {type(opt).__name__}")
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if trainable and not any(id(p) in held for p in trainable):
+        raise FitError("the optimizer holds none of the model's parameters; build it from this model, "
+                       "e.g. optim.Adam(net.parameters())")
+
+
+def _outputs(model, dl):
+    """Run `model` over `dl` in eval mode without gradients: (preds, targs or None), as numpy."""
+    device = _model_device(model)
+    if isinstance(dl, (np.ndarray, torch.Tensor)):  # a bare array: batch it in order
+        from .data import ArrayLoader, as_tensors
+        dl = ArrayLoader(as_tensors(dl, None, "x")[0], None, bs=1024)
+    was_training = model.training
+    model.eval()
+    preds, targs = [], []
+    try:
+        with torch.no_grad():
+            for b in dl:
+                xb, yb = _batch(b, device)
+                preds.append(model(xb))
+                if yb is not None:
+                    targs.append(yb)
+    finally:
+        model.train(was_training)
+    if not preds:
+        raise DataError("the loader gave no batches; expected at least one")
+    p = torch.cat(preds).float().cpu().numpy()
+    t = torch.cat(targs).cpu().numpy() if targs else None
+    return p, t
+
+
+def predict(model, dl):
+    """The model's outputs over every batch of `dl`, in order, as a numpy array (N, C).
+
+    Runs in eval mode without gradients and restores the model's mode afterwards. `dl` may be a
+    loader of `(x, y)` or `x` batches, or a bare array of inputs.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.LogSoftmax(dim=1))
+        >>> predict(net, np.zeros((5, 4), dtype="float32")).shape
+        (5, 3)
+    """
+    return _outputs(model, dl)[0]
+
+
+def predict_with_targs(model, dl):
+    """`(preds, targs)` as numpy arrays, both in the loader's order.
+
+    Example:
+        >>> from netfit.data import ArrayLoader
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.LogSoftmax(dim=1))
+        >>> preds, targs = predict_with_targs(net, ArrayLoader(torch.zeros(5, 4), torch.arange(5) % 3, bs=2))
+        >>> preds.shape, targs.tolist()
+        ((5, 3), [0, 1, 2, 0, 1])
+    """
+    p, t = _outputs(model, dl)
+    if t is None:
+        raise DataError("the loader yields inputs only; predict_with_targs needs (x, y) batches")
+    return p, t

@@ -1,0 +1,73 @@
+"""Metrics: functions of `(preds, targs)` as the lesson writes them, and their per-epoch accumulation.
+
+A metric is any function `metric(preds, targs) -> mean over the batch`; `fit` weights each batch's
+value by its size and sums on the device, reading the result once per epoch.
+
+    >>> accuracy(np.array([[0.1, 0.9], [0.8, 0.2]]), np.array([1, 1]))
+    0.5
+"""
+import numpy as np
+import torch
+
+__all__ = ["accuracy", "error_rate", "Mean"]
+
+
+def accuracy(preds, targs):
+    """Fraction of rows whose argmax over classes equals the target.
+
+    preds: (N, C) scores, probabilities or log-probabilities, or (N,) predicted labels.
+    Works on torch tensors (returns a 0-d tensor, on the same device) and numpy arrays (returns a float).
+
+    Example:
+        >>> accuracy(torch.tensor([[2., 1.], [0., 3.]]), torch.tensor([0, 0]))
+        tensor(0.5000)
+    """
+    if isinstance(preds, torch.Tensor):
+        targs = torch.as_tensor(targs, device=preds.device)
+        labels = preds.argmax(dim=1) if preds.ndim > 1 else preds
+        return (labels == targs).float().mean()
+    preds, targs = np.asarray(preds), np.asarray(targs)
+    labels = preds.argmax(axis=1) if preds.ndim > 1 else preds
+    return float((labels == targs).mean())
+
+
+def error_rate(preds, targs):
+    """1 - accuracy.
+
+    Example:
+        >>> error_rate(np.array([[2., 1.], [0., 3.]]), np.array([0, 0]))
+        0.5
+    """
+    return 1 - accuracy(preds, targs)
+
+
+class Mean:
+    """A batch-size-weighted mean kept on the device: `update(value, n)` per batch, `value` once.
+
+    Example:
+        >>> m = Mean(); m.update(torch.tensor(1.0), 3); m.update(torch.tensor(0.0), 1); m.value
+        0.75
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.values, self.counts = [], []
+
+    @property
+    def n(self):
+        return sum(self.counts)
+
+    def update(self, value, n):
+        # keep the 0-d tensors and weigh them at the end: no host sync and no extra op per batch
+        self.values.append(value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value)))
+        self.counts.append(n)
+
+    @property
+    def value(self):
+        if not self.counts:
+            return float("nan")
+        values = torch.stack([v.float().reshape(()).to(self.values[0].device) for v in self.values])
+        counts = torch.tensor(self.counts, dtype=values.dtype, device=values.device)
+        return ((values * counts).sum() / counts.sum()).item()
