@@ -1,0 +1,128 @@
+"""Export: trained weights as safetensors plus a small JSON, and `load` to get a predictor back.
+
+    save(net, "runs/x", arch="mlp", classes=FASHION_CLASSES, mean=m, std=s)   # model.safetensors + model.json
+    predictor = load("runs/x"); predictor.predict(x_raw)                        # labels for raw [0, 1] pixels
+
+safetensors holds only tensors, so loading weights can never run code (unlike a pickle).
+"""
+import hashlib
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["save", "load", "Predictor", "ExportError"]
+
+WEIGHTS, META = "model.safetensors", "model.json"
+
+
+class ExportError(ValueError):
+    """An exported model folder is missing, corrupt or does not match its description."""
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(model, folder, arch=None, arch_kwargs=None, classes=None, input_shape=(784,), mean=None, std=None):
+    """Write `model.safetensors` and `model.json` into `folder`; returns the JSON's dict.
+
+    Args:
+        arch: a name in `netfit.models.MODELS` so `load` can rebuild the net (else only its repr is kept).
+        classes: class names in label order. mean, std: the normalisation applied to raw inputs.
+
+    Example:
+        >>> import tempfile; from netfit.models import logreg
+        >>> meta = save(logreg(), tempfile.mkdtemp(), arch="logreg", mean=0.13, std=0.31)
+        >>> meta["arch"], len(meta["weights_sha256"])
+        ('logreg', 64)
+    """
+    from safetensors.torch import save_file
+    from . import __version__
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = folder / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS)
+    meta = {
+        "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "repr": repr(model),
+        "classes": [str(c) for c in classes] if classes is not None else None,
+        "input_shape": list(input_shape),
+        "mean": None if mean is None else float(mean), "std": None if std is None else float(std),
+        "netfit_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
+        "weights_sha256": _sha256(folder / WEIGHTS),
+    }
+    (folder / META).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+class Predictor:
+    """A model rebuilt from an export, with its normalisation: give it raw pixels in [0, 1]."""
+
+    def __init__(self, model, meta):
+        self.model, self.meta = model.eval(), meta
+        self.classes = meta.get("classes")
+
+    def _prepare(self, x):
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        n_in = int(np.prod(self.meta["input_shape"]))
+        if x.ndim == 1 or (x.ndim == 2 and x.shape == tuple(self.meta["input_shape"][-2:]) and n_in != x.shape[-1]):
+            x = x.reshape(1, -1)
+        x = x.reshape(len(x), -1)
+        if x.shape[1] != n_in:
+            raise ExportError(f"the model expects {n_in} features per row; got {x.shape[1]}")
+        if self.meta.get("mean") is not None:
+            x = (x - self.meta["mean"]) / self.meta["std"]
+        return x
+
+    def predict_proba(self, x):
+        """Class probabilities (N, C) for raw inputs (N, 784) or (N, 28, 28) in [0, 1]."""
+        with torch.no_grad():
+            out = self.model(self._prepare(x))
+        # models ending in LogSoftmax already give log-probabilities; softmax of those is exp
+        return torch.softmax(out, dim=1).numpy()
+
+    def predict(self, x):
+        """Predicted label indices (N,)."""
+        return self.predict_proba(x).argmax(1)
+
+
+def load(folder):
+    """Rebuild a `Predictor` from a folder written by `save`, checking the weights' SHA-256.
+
+    Example:
+        >>> import tempfile; from netfit.models import logreg
+        >>> d = tempfile.mkdtemp(); _ = save(logreg(), d, arch="logreg")
+        >>> load(d).predict(np.zeros((2, 784))).shape
+        (2,)
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from .models import get_model
+    folder = Path(folder)
+    if not (folder / META).is_file() or not (folder / WEIGHTS).is_file():
+        raise ExportError(f"{folder}: expected {META} and {WEIGHTS} written by netfit.export.save")
+    try:
+        meta = json.loads((folder / META).read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{folder / META}: not valid JSON ({e})") from None
+    got = _sha256(folder / WEIGHTS)
+    if got != meta.get("weights_sha256"):
+        raise ExportError(f"{folder / WEIGHTS}: SHA-256 {got} differs from the recorded "
+                          f"{meta.get('weights_sha256')}; the file is corrupt or was replaced")
+    if not meta.get("arch"):
+        raise ExportError(f"{folder / META}: no architecture name recorded; rebuild the module yourself "
+                          f"and load the weights with safetensors.torch.load_file")
+    model = get_model(meta["arch"], **meta.get("arch_kwargs", {}))
+    try:
+        model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    except (SafetensorError, RuntimeError) as e:
+        raise ExportError(f"{folder / WEIGHTS}: does not fit architecture {meta['arch']!r}: {e}") from None
+    return Predictor(model, meta)
