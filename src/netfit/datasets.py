@@ -18,21 +18,24 @@ final one and are renamed only once verified; https is never followed to http.
 """
 import gzip
 import hashlib
+import http.client
 import io
+import math
 import os
 import pickle
-import socket
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["mnist", "fashion_mnist", "load", "read_idx", "DatasetError", "DATASETS",
-           "FASHION_CLASSES", "cache_dir"]
+__all__ = ["mnist", "fashion_mnist", "load", "read_idx", "DatasetError", "DATASETS", "DatasetSpec",
+           "FileSpec", "FASHION_CLASSES", "cache_dir"]
 
 
 class DatasetError(RuntimeError):
@@ -93,16 +96,14 @@ DATASETS = {
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _open_bytes(path):
-    """The decompressed bytes of `path` (gzip is recognised by its magic bytes, not its name)."""
-    path = Path(path)
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise DatasetError(f"{path}: corrupt gzip file ({e})") from None
-    return data
+def _decompress(blob, name):
+    """The content of a file's bytes `blob` (gzip is recognised by its magic bytes, not its name)."""
+    if blob[:2] != b"\x1f\x8b":
+        return blob
+    try:
+        return gzip.decompress(blob)
+    except (OSError, EOFError, zlib.error) as e:  # a flipped bit can surface as any of the three
+        raise DatasetError(f"{name}: corrupt gzip data ({e})") from None
 
 
 def _parse_idx(data, name):
@@ -114,7 +115,7 @@ def _parse_idx(data, name):
         raise DatasetError(f"{name}: IDX header declares {ndim} dimensions but the file is too short for them")
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = 4 + 4 * ndim + int(np.prod(dims)) * dtype.itemsize
+    expected = 4 + 4 * ndim + math.prod(dims) * dtype.itemsize  # exact: np.prod could overflow
     if len(data) != expected:
         raise DatasetError(f"{name}: IDX header says dims {dims} ({expected} bytes) but the file has "
                            f"{len(data)} bytes: truncated or corrupt")
@@ -132,7 +133,7 @@ def read_idx(path):
         >>> x.shape, x.dtype                                                               # doctest: +SKIP
         ((10000, 28, 28), dtype('uint8'))
     """
-    return _parse_idx(_open_bytes(path), str(path))
+    return _parse_idx(_decompress(Path(path).read_bytes(), path), path)
 
 
 def cache_dir(name=None):
@@ -144,106 +145,132 @@ def cache_dir(name=None):
     return Path(root) / name if name else Path(root)
 
 
-def _find(folder, stem):
-    for cand in (folder / stem, folder / (stem + ".gz")):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def _verify(path, stem, spec):
-    """Return the decompressed bytes of `path` if they match `spec`, else raise DatasetError."""
-    data = _open_bytes(path)
+def _verified(blob, spec, name):
+    """The decompressed content of file bytes `blob` if it matches `spec`, else raise DatasetError."""
+    data = _decompress(blob, name)
     if spec.raw_sha256 is not None:
         got = hashlib.sha256(data).hexdigest()
         if got != spec.raw_sha256:
-            raise DatasetError(f"{path}: SHA-256 of the decompressed content is {got}, expected {spec.raw_sha256}")
+            raise DatasetError(f"{name}: SHA-256 of the decompressed content is {got}, expected {spec.raw_sha256}")
     elif spec.gz_md5 is not None:
-        got = hashlib.md5(Path(path).read_bytes()).hexdigest()
+        got = hashlib.md5(blob, usedforsecurity=False).hexdigest()
         if got != spec.gz_md5:
-            raise DatasetError(f"{path}: MD5 of the gz file is {got}, expected the published {spec.gz_md5}")
+            raise DatasetError(f"{name}: MD5 of the gz file is {got}, expected the published {spec.gz_md5}")
     if spec.raw_size is not None and len(data) != spec.raw_size:
-        raise DatasetError(f"{path}: {len(data)} bytes once decompressed, expected {spec.raw_size}")
+        raise DatasetError(f"{name}: {len(data)} bytes once decompressed, expected {spec.raw_size}")
     return data
+
+
+def _read_verified(folder, stem, spec):
+    """`stem` from `folder` as an array, from the first of `stem` and `stem.gz` that verifies."""
+    errors = []
+    for path in (folder / stem, folder / (stem + ".gz")):
+        if path.is_file():
+            try:
+                return _parse_idx(_verified(path.read_bytes(), spec, path), path)
+            except DatasetError as e:
+                errors.append(str(e))
+    raise DatasetError("; ".join(errors) or f"{folder}: no {stem} or {stem}.gz")
 
 
 def _load_folder(folder, spec):
     """All files of `spec` from `folder`, verified and parsed, or raise DatasetError naming the problem."""
-    arrays = {}
-    for stem, fspec in spec.files.items():
-        path = _find(folder, stem)
-        if path is None:
-            raise DatasetError(f"{folder}: no {stem} or {stem}.gz")
-        arrays[stem] = _parse_idx(_verify(path, stem, fspec), str(path))
-    return arrays
+    return {stem: _read_verified(folder, stem, fspec) for stem, fspec in spec.files.items()}
 
 
-def _refuse_downgrade():
-    class NoDowngrade(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, req, fp, code, msg, headers, newurl):
-            if req.full_url.startswith("https:") and not newurl.startswith("https:"):
-                raise urllib.error.URLError(f"refused redirect from https to {newurl}")
-            return super().redirect_request(req, fp, code, msg, headers, newurl)
-    return urllib.request.build_opener(NoDowngrade)
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, except from https to anything else: that would drop the encryption."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urllib.parse.urlsplit(req.full_url).scheme, urllib.parse.urlsplit(newurl).scheme
+        if old.lower() == "https" and new.lower() != "https":
+            raise urllib.error.URLError(f"refused redirect from {req.full_url} to {newurl}: https to {new or '?'}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_NoDowngrade)
 
 
 def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_000):
-    """Download `url` to a temporary file beside `dest`, verify it, then rename it to `dest`.
+    """Download `url` to a temporary file beside `dest`, verify it, rename it to `dest`; return its array.
 
-    `timeout` bounds each socket read (s), `deadline` the whole transfer (s). Nothing lands at
-    `dest` unless it verified, and a concurrent writer's verified file is as good as ours.
+    `timeout` bounds each socket operation (s), `deadline` the whole transfer (s; it is checked after
+    each read, so a transfer stops within `timeout` of it). Nothing lands at `dest` unless it verified,
+    and concurrent downloaders each rename their own verified file, so `dest` is always whole.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     try:
         start = time.monotonic()
-        with os.fdopen(fd, "wb") as out, _refuse_downgrade().open(url, timeout=timeout) as resp:
+        with os.fdopen(fd, "wb") as out, _OPENER.open(url, timeout=timeout) as resp:
             ctype = resp.headers.get("Content-Type", "")
-            if "html" in ctype:
+            if "html" in ctype.lower():
                 raise DatasetError(f"{url}: the server sent an HTML page ({ctype}), not the data file")
+            length = resp.headers.get("Content-Length", "")
+            length = int(length) if length.isdigit() else None
+            if length is not None and length > max_bytes:
+                raise DatasetError(f"{url}: announces {length} bytes, more than the {max_bytes} of any expected file")
             size = 0
-            while chunk := resp.read(1 << 16):
+            # read1 returns whatever has arrived, so a server that trickles bytes still meets the deadline
+            while chunk := resp.read1(1 << 16):
+                if size == 0 and chunk.lstrip()[:1] == b"<":
+                    raise DatasetError(f"{url}: the server sent an HTML page ({ctype or 'no type'}), not the data file")
                 size += len(chunk)
                 if size > max_bytes:
                     raise DatasetError(f"{url}: more than {max_bytes} bytes, larger than any expected file")
                 if time.monotonic() - start > deadline:
-                    raise DatasetError(f"{url}: still downloading after {deadline:.0f} s, gave up")
+                    raise DatasetError(f"{url}: still downloading after {deadline:g} s, gave up")
                 out.write(chunk)
+            if length is not None and size != length:
+                raise DatasetError(f"{url}: connection closed after {size} of {length} bytes")
             out.flush()
-            os.fsync(out.fileno())
-        _parse_idx(_verify(tmp, dest.name, spec), url)
+            os.fsync(out.fileno())  # on disk before the rename, so a crash cannot leave a renamed stub
+        arr = _parse_idx(_verified(Path(tmp).read_bytes(), spec, url), url)
         os.replace(tmp, dest)
+        return arr
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _download_all(name, spec, folder, mirrors, attempts, log):
-    for stem, fspec in spec.files.items():
-        dest = folder / (stem + ".gz")
-        if dest.is_file():
+def _fetch(stem, spec, dest, mirrors, attempts, timeout, deadline):
+    """`stem`.gz from the first mirror that serves a verified copy, in at most `attempts` rounds."""
+    errors, live = [], list(mirrors)
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(min(2 ** (attempt - 1), 8))  # back off (s) before another round of the mirrors
+        for base in list(live):
+            url = f"{base.rstrip('/')}/{stem}.gz"
             try:
-                _verify(dest, stem, fspec)
-                continue
-            except DatasetError as e:
-                log.append(f"cached {e}; replacing it")
-                dest.unlink(missing_ok=True)
-        errors = []
-        for attempt in range(attempts):
-            for base in mirrors:
-                url = base + stem + ".gz"
-                try:
-                    _download(url, dest, fspec)
-                    break
-                except (DatasetError, OSError, urllib.error.URLError, socket.timeout, ValueError) as e:
-                    errors.append(f"{url}: {e}")
-            else:
-                if attempt + 1 < attempts:
-                    time.sleep(min(2 ** attempt, 8))  # back off before another round of all mirrors
-                continue
+                return _download(url, dest, spec, timeout, deadline)
+            except urllib.error.HTTPError as e:
+                e.close()
+                errors.append(f"{url}: HTTP {e.code} {e.reason}")
+                if 400 <= e.code < 500 and e.code not in (408, 429):
+                    live.remove(base)  # the server says no; asking again will not change its mind
+            except DatasetError as e:  # names the url already
+                errors.append(str(e))
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                errors.append(f"{url}: {type(e).__name__}: {e}")
+        if not live:
             break
-        else:
-            raise DatasetError(f"could not download {stem}.gz:\n  " + "\n  ".join(errors))
+    raise DatasetError(f"could not download {stem}.gz:\n    " + "\n    ".join(errors))
+
+
+def _download_all(spec, folder, mirrors, attempts, timeout, deadline, log):
+    """Every file of `spec` as an array: its verified copy in `folder`, else a fresh download into it."""
+    arrays = {}
+    for stem, fspec in spec.files.items():
+        try:
+            arrays[stem] = _read_verified(folder, stem, fspec)
+            continue
+        except DatasetError as e:
+            if (folder / stem).is_file() or (folder / (stem + ".gz")).is_file():
+                log.append(f"{e}; downloading it again")
+        # A bad raw copy would shadow the download; a bad .gz is replaced atomically by os.replace.
+        (folder / stem).unlink(missing_ok=True)
+        arrays[stem] = _fetch(stem, fspec, folder / (stem + ".gz"), mirrors, attempts, timeout, deadline)
+    return arrays
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -251,7 +278,9 @@ class _ArraysOnly(pickle.Unpickler):
     other global would be code the file could make us run."""
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+               ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+               ("_codecs", "encode")}  # protocol 2 from Python 3 stores bytes as latin-1 text
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -260,18 +289,23 @@ class _ArraysOnly(pickle.Unpickler):
 
 
 def _load_pickle(path):
+    blob = _decompress(path.read_bytes(), path)
     try:
-        splits = _ArraysOnly(io.BytesIO(_open_bytes(path)), encoding="latin1").load()
-    except DatasetError:
-        raise
+        splits = _ArraysOnly(io.BytesIO(blob), encoding="latin1").load()
+    except DatasetError as e:  # a refused global
+        raise DatasetError(f"{path}: {e}") from None
     except Exception as e:  # a truncated or foreign pickle fails in many ways; name the file
         raise DatasetError(f"{path}: not a readable mnist.pkl.gz ({type(e).__name__}: {e})") from None
     try:
         (x, y), (xv, yv), (xt, yt) = splits
+        fix = lambda a, b: (np.asarray(a, np.float32).reshape(len(a), -1), np.asarray(b, np.int64).reshape(-1))
+        splits = fix(x, y), fix(xv, yv), fix(xt, yt)
     except (TypeError, ValueError):
-        raise DatasetError(f"{path}: expected ((x, y), (x_valid, y_valid), (x_test, y_test))") from None
-    fix = lambda a, b: (np.asarray(a, np.float32).reshape(len(a), -1), np.asarray(b, np.int64))
-    return fix(x, y), fix(xv, yv), fix(xt, yt)
+        raise DatasetError(f"{path}: expected ((x, y), (x_valid, y_valid), (x_test, y_test)) of arrays") from None
+    for (x, y), part in zip(splits, ("train", "valid", "test")):
+        if len(x) != len(y):
+            raise DatasetError(f"{path}: {part} has {len(x)} images but {len(y)} labels")
+    return splits
 
 
 def _split(arrays, n_train):
@@ -281,19 +315,24 @@ def _split(arrays, n_train):
     xt, yt = images(arrays["t10k-images-idx3-ubyte"]), arrays["t10k-labels-idx1-ubyte"].astype(np.int64)
     if len(x) != len(y) or len(xt) != len(yt):
         raise DatasetError(f"images and labels differ in length: {len(x)} vs {len(y)}, {len(xt)} vs {len(yt)}")
+    if n_train >= len(x):
+        raise DatasetError(f"n_train={n_train} leaves nothing to validate: the training file has {len(x)} rows")
     return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:]), (xt, yt)
 
 
 def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=None, download=True,
-         attempts=3):
+         attempts=3, n_train=None, timeout=30.0, deadline=600.0):
     """Load dataset `name` ("mnist" or "fashion-mnist") as ((x, y), (x_valid, y_valid), (x_test, y_test)).
 
     Args:
         path: a folder of IDX files or an `mnist.pkl.gz`-format pickle; skips the search.
         cache, system_dirs, mirrors, files: override where to look and what to expect
-            (the defaults are in `DATASETS[name]` and `cache_dir(name)`).
+            (the defaults are in `DATASETS[name]` and `cache_dir(name)`; `files` maps each of
+            the four file stems to a `FileSpec`).
         download: try the mirrors when nothing local verifies.
-        attempts: rounds over all mirrors before giving up.
+        attempts: rounds over all mirrors before giving up (a mirror that answers 4xx is dropped).
+        n_train: rows of the training file kept for training, the rest validate (default 50,000).
+        timeout: seconds any one network operation may take; deadline: seconds per file download.
 
     Example:
         >>> (x, y), (xv, yv), (xt, yt) = load("fashion-mnist")   # doctest: +SKIP
@@ -304,14 +343,21 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
         raise DatasetError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     spec = DATASETS[name]
     if files is not None:
-        spec = DatasetSpec(files=files, mirrors=spec.mirrors, system_dirs=spec.system_dirs,
-                           classes=spec.classes, n_train=spec.n_train)
+        if set(files) != set(spec.files):
+            raise ValueError(f"files must give a FileSpec for each of {sorted(spec.files)}; got {sorted(files)}")
+        spec = DatasetSpec(files=files, mirrors=spec.mirrors, system_dirs=spec.system_dirs, classes=spec.classes,
+                           n_train=spec.n_train)
+    n_train = spec.n_train if n_train is None else n_train
+    if not (isinstance(n_train, int) and n_train > 0):
+        raise ValueError(f"n_train must be a positive int; got {n_train!r}")
+    if not (isinstance(attempts, int) and attempts >= 1):
+        raise ValueError(f"attempts must be an int >= 1; got {attempts!r}")
     if path is not None:
         path = Path(path).expanduser()
         if path.is_file():
             return _load_pickle(path)
         if path.is_dir():
-            return _split(_load_folder(path, spec), spec.n_train)
+            return _split(_load_folder(path, spec), n_train)
         raise DatasetError(f"{path} does not exist; expected a folder of IDX files or an mnist.pkl.gz file")
 
     cache = Path(cache) if cache is not None else cache_dir(name)
@@ -323,13 +369,16 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
             tried.append(f"{folder}: no such folder")
             continue
         try:
-            return _split(_load_folder(folder, spec), spec.n_train)
+            return _split(_load_folder(folder, spec), n_train)
         except DatasetError as e:
             tried.append(str(e))
-    if download and mirrors:
+    if not download:
+        tried.append("download: not tried (download=False)")
+    elif not mirrors:
+        tried.append("download: no mirrors to try")
+    else:
         try:
-            _download_all(name, spec, cache, mirrors, attempts, tried)
-            return _split(_load_folder(cache, spec), spec.n_train)
+            return _split(_download_all(spec, cache, mirrors, attempts, timeout, deadline, tried), n_train)
         except (DatasetError, OSError) as e:
             tried.append(str(e))
     hint = ("install it with `sudo apt-get install dataset-fashion-mnist`, " if name == "fashion-mnist" else "")

@@ -1,0 +1,41 @@
+"""plots, show and plot_history return Figures and check their input."""
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from netfit import History, plot_history, plots, show
+
+
+def test_plots_grid_titles_and_colors():
+    fig = plots(np.random.rand(8, 28, 28), rows=2, titles=list("abcdefgh"), colors=["red"] * 8)
+    assert isinstance(fig, Figure) and len(fig.axes) == 8
+    assert [ax.get_title() for ax in fig.axes] == list("abcdefgh")
+
+
+def test_plots_accepts_tensors_and_flat_rows():
+    assert len(plots(torch.rand(3, 784)).axes) == 3
+    assert len(plots(torch.rand(5, 1, 28, 28), rows=1).axes) == 5
+
+
+def test_plots_errors():
+    with pytest.raises(ValueError, match="titles"):
+        plots(np.zeros((3, 4, 4)), titles=[1, 2])
+    with pytest.raises(ValueError, match="at least one"):
+        plots(np.zeros((0, 4, 4)))
+    with pytest.raises(ValueError, match="flat image"):
+        show(np.zeros(10))
+
+
+def test_show():
+    fig = show(np.eye(28), title=7)
+    assert isinstance(fig, Figure) and fig.axes[0].get_title() == "7"
+
+
+def test_plot_history_reads_the_history():
+    h = History([{"epoch": 0, "trn_loss": 1.0, "val_loss": 0.9, "accuracy": 0.7, "time": 1.0},
+                 {"epoch": 1, "trn_loss": 0.6, "val_loss": 0.7, "accuracy": 0.8, "time": 1.0}])
+    fig = plot_history(h)
+    assert len(fig.axes) == 2
+    assert list(fig.axes[0].lines[0].get_ydata()) == [1.0, 0.6]
+    assert list(fig.axes[1].lines[0].get_ydata()) == [0.7, 0.8]
