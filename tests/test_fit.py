@@ -90,7 +90,7 @@ def test_events_fire_in_order(md):
     assert calls[0] == "before_fit" and calls[-1] == "after_fit"
     assert calls.count("before_epoch") == calls.count("after_epoch") == 2
     assert calls.count("before_batch") == calls.count("after_batch") == 2 * n
-    assert calls[1:6] == ["before_epoch", "before_batch", "after_loss", "after_backward", "after_batch"]
+    assert calls[1:7] == ["before_epoch", "before_batch", "after_loss", "after_backward", "before_step", "after_batch"]
 
 
 def test_cancel_fit_and_epoch_and_batch(md):

@@ -8,6 +8,7 @@ test), so a batch costs one gather, not 64 Python calls. The tensors are moved t
 device once; seeding `torch.manual_seed` makes the shuffled order reproducible.
 """
 import math
+import os
 
 import numpy as np
 import torch
@@ -20,12 +21,14 @@ class DataError(ValueError):
 
 
 def default_device():
-    """The best device here: CUDA, then Apple's MPS, then the CPU.
+    """The best device here: CUDA (`cuda:LOCAL_RANK` under torchrun), then Apple's MPS, then the CPU.
 
     Example:
         >>> net = torch.nn.Linear(784, 10).to(default_device())
     """
     if torch.cuda.is_available():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun each rank takes its own GPU
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
@@ -139,27 +142,48 @@ class ArrayLoader:
         return self
 
     def __len__(self):
-        n = len(self.x)
+        return self.n_batches()
+
+    def n_batches(self, rank=0, world=1):
+        """Batches per epoch for one rank of `world` (all of them in a single process)."""
+        n = len(range(rank, len(self.x), world))
         return n // self.bs if self.drop_last else math.ceil(n / self.bs)
 
-    def order(self):
-        """This epoch's row order: a permutation when shuffling, else None (rows in order)."""
+    def order(self, seed=None):
+        """This epoch's row order: a permutation when shuffling, else None (rows in order).
+
+        `seed` gives the permutation of that seed (what distributed ranks use to agree); otherwise
+        it comes from `generator` or torch's global generator.
+        """
         if not self.shuffle:
             return None
+        if seed is not None:
+            gen = torch.Generator().manual_seed(seed)
+            return torch.randperm(len(self.x), generator=gen).to(self.x.device)
         if self.generator is not None:
             return torch.randperm(len(self.x), generator=self.generator).to(self.x.device)
         return torch.randperm(len(self.x), device=self.x.device)
 
-    def __iter__(self):
-        idx, n, bs = self.order(), len(self.x), self.bs
+    def batches(self, order=None, start=0, rank=0, world=1):
+        """Batches over `order` (None: rows in order), from batch `start`, of this rank's share.
+
+        A rank of `world` takes positions `rank::world` of the order, so the ranks' batches i together
+        hold the rows of a single process's batch i with batch size `world * bs`.
+        """
+        if world > 1:
+            order = (order if order is not None else torch.arange(len(self.x), device=self.x.device))[rank::world]
+        n, bs = (len(order) if order is not None else len(self.x)), self.bs
         stop = n - n % bs if self.drop_last else n
-        for i in range(0, stop, bs):
-            if idx is None:  # contiguous slices are views: no copy at all
+        for i in range(start * bs, stop, bs):
+            if order is None:  # contiguous slices are views: no copy at all
                 xb, yb = self.x[i:i + bs], (self.y[i:i + bs] if self.y is not None else None)
             else:
-                j = idx[i:i + bs]
+                j = order[i:i + bs]
                 xb, yb = self.x[j], (self.y[j] if self.y is not None else None)
             yield (xb, yb) if yb is not None else xb
+
+    def __iter__(self):
+        return self.batches(self.order())
 
 
 class ImageClassifierData:

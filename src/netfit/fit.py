@@ -11,23 +11,34 @@ events in `EVENTS`; each gets the `Run` (model, data, opt, batch, loss, history.
 Speed: the loop never reads a number back from the device inside an epoch; losses and metrics are
 summed there and read once per epoch.
 """
+import contextlib
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from .data import DataError, default_device
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .data import DataError
+from .distributed import all_reduce_sum as dist_all_reduce_sum
+from .distributed import gather_rows
+from .distributed import rank as dist_rank
+from .distributed import setup as dist_setup
+from .distributed import shared_seed as dist_shared_seed
+from .distributed import world as dist_world
 from .metrics import Mean
 
 __all__ = ["fit", "predict", "predict_with_targs", "set_lrs", "History", "Run", "Callback", "EVENTS",
-           "CancelFit", "CancelEpoch", "CancelBatch", "FitError"]
+           "CancelFit", "CancelEpoch", "CancelBatch", "FitError", "NonFiniteLossError"]
 
-EVENTS = ("before_fit", "before_epoch", "before_batch", "after_loss", "after_backward", "after_batch",
-          "after_epoch", "after_fit")
+EVENTS = ("before_fit", "before_epoch", "before_batch", "after_loss", "after_backward", "before_step",
+          "after_batch", "after_epoch", "after_fit")
 
 
 class CancelFit(Exception):
@@ -44,6 +55,10 @@ class CancelBatch(Exception):
 
 class FitError(TypeError):
     """`fit` was called with arguments it cannot use; the message says which and why."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the epoch and step."""
 
 
 class Callback:
@@ -118,6 +133,17 @@ class Run:
     preds: object = None
     loss: object = None
     record: dict = field(default_factory=dict)  # this epoch's figures, filled before `after_epoch`
+    train_model: object = None  # the model the loop calls: `model`, or its DDP wrapper
+    amp_dtype: str = None
+    scaler: object = None       # GradScaler when amp runs in float16
+    seed: int = None            # shared shuffling seed under torchrun
+    world: int = 1
+    rank: int = 0
+    accumulate: int = 1
+    on_nan: str = "raise"
+    checkpoint: object = None
+    checkpoint_every: int = None
+    callbacks: list = field(default_factory=list)
 
 
 def set_lrs(opt, lr):
@@ -228,7 +254,8 @@ class _Progress:
 
 
 def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=None, *, n_epochs=None,
-        verbose=True, fast=True):
+        verbose=True, fast=True, schedule=None, amp=False, accumulate=1, checkpoint=None,
+        checkpoint_every=None, resume=False, on_nan="raise", deterministic=False):
     """Train `model` on `data` for `epochs` epochs and return a `History`.
 
     Args:
@@ -243,6 +270,16 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         fast: let fit pick faster kernels with the same maths: a stock Adam, AdamW or SGD left on its
             default implementation runs its fused kernel (one kernel per step instead of ~10 small
             ops per parameter). `history.info["optimizer"]` says what ran; `fast=False` leaves it be.
+        schedule: a callback that sets rates per step (e.g. `one_cycle(max_lr)`); added to callbacks.
+        amp: mixed precision: bf16 autocast where supported, else fp16 with a gradient scaler.
+        accumulate: step the optimizer every `accumulate` batches, with the loss divided by it, so k
+            batches of size b act as one batch of size k*b.
+        checkpoint: a file path; the whole training state is saved there (atomically) after every
+            epoch and, with `checkpoint_every=N`, every N optimizer steps.
+        resume: continue from `checkpoint` if it holds a loadable state (a fresh start otherwise).
+        on_nan: "raise" stops at the first non-finite loss with `NonFiniteLossError` naming epoch
+            and step (the last checkpoint stays as it was); "warn" warns and skips that step.
+        deterministic: `torch.use_deterministic_algorithms(True)` for the duration of the call.
 
     Each epoch prints `epoch  trn_loss  val_loss  <metrics>  time`; `trn_loss` is the mean training
     loss over the epoch, validation loss and metrics are means weighted by batch size.
@@ -265,98 +302,264 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         raise FitError(f"epochs must be a non-negative integer; got {epochs!r}")
     if not isinstance(model, nn.Module):
         raise FitError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise FitError(f"accumulate must be a positive integer; got {accumulate!r}")
+    if on_nan not in ("raise", "warn"):
+        raise FitError(f"on_nan must be 'raise' or 'warn'; got {on_nan!r}")
+    if (resume or checkpoint_every) and checkpoint is None:
+        raise FitError("resume and checkpoint_every need checkpoint='path/to/ckpt'")
     trn_dl, val_dl = _loaders(data)
     device = _model_device(model)
+    distributed = dist_setup(device)
     if hasattr(data, "to"):
         data.to(device)  # the arrays move once, not per batch
     opt = torch.optim.Adam(model.parameters()) if opt is None else opt
     _check_opt(model, opt)
     crit = _default_crit(model) if crit is None else crit
     metrics = list(metrics or [])
-    callbacks = list(callbacks or [])
+    callbacks = list(callbacks or []) + ([schedule] if schedule is not None else [])
     handlers = {e: [getattr(cb, e) for cb in callbacks if callable(getattr(cb, e, None))] for e in EVENTS}
 
     def emit(event):
         for handler in handlers[event]:
             handler(run)
 
-    history = History(info={"device": str(device), "batches_per_epoch": len(trn_dl),
-                            "optimizer": _use_fused(opt) if fast else "as given"})
+    world, rank = (dist_world(), dist_rank()) if distributed else (1, 0)
+    history = History(info={"device": str(device), "batches_per_epoch": _n_batches(trn_dl, rank, world),
+                            "optimizer": _use_fused(opt) if fast else "as given", "world_size": world,
+                            "amp": _amp_dtype(amp, device)})
     run = Run(model, data, opt, crit, metrics, int(epochs), history, device)
+    run.train_model = DDP(model) if distributed else model
+    run.amp_dtype = _amp_dtype(amp, device)
+    run.scaler = torch.amp.GradScaler(device.type) if run.amp_dtype == "float16" else None
+    run.seed = dist_shared_seed(device) if distributed else None
+    run.world, run.rank, run.accumulate, run.on_nan = world, rank, accumulate, on_nan
+    run.checkpoint, run.checkpoint_every, run.callbacks = checkpoint, checkpoint_every, callbacks
+    start_epoch, resume_at = 0, None
+    if resume:
+        resume_at = _restore(run, checkpoint)
+        if resume_at is not None:
+            start_epoch = resume_at["epoch"]
     keys = ["epoch", "trn_loss"] + (["val_loss"] + [_metric_name(m) for m in metrics] if val_dl is not None else []) + ["time"]
-    progress = _Progress(verbose, len(trn_dl))
+    progress = _Progress(verbose and rank == 0, _n_batches(trn_dl, rank, world))
     progress.write(_table_header(keys))
+    for r in history.records:
+        progress.write(_table_row(r, keys) + "  (from checkpoint)")
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
     try:
         emit("before_fit")
-        for epoch in range(int(epochs)):
+        for epoch in range(start_epoch, int(epochs)):
             run.epoch, start = epoch, time.perf_counter()
             run.record = {"epoch": epoch}
-            progress.start_epoch(len(trn_dl), f"epoch {epoch}")
+            progress.start_epoch(_n_batches(trn_dl, rank, world), f"epoch {epoch}")
             try:
                 emit("before_epoch")
-                run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress)
+                run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress, resume_at)
             except CancelEpoch:
                 run.record.setdefault("trn_loss", float("nan"))
+            resume_at = None
             if val_dl is not None:
-                run.record.update(_validate(model, val_dl, crit, metrics, device))
+                run.record.update(_validate(model, val_dl, crit, metrics, device, rank, world))
             run.record["time"] = time.perf_counter() - start
             run.record["lr"] = opt.param_groups[0]["lr"]
             emit("after_epoch")
             history.append(run.record)
             progress.write(_table_row(run.record, keys))
+            if checkpoint is not None:
+                _save(run, epoch + 1, 0, None, None)
         emit("after_fit")
     except CancelFit:
         pass
     finally:
         progress.close()
+        if deterministic and not was_deterministic:
+            torch.use_deterministic_algorithms(False)
     return history
 
 
-def _train_epoch(run, dl, emit, progress):
+def _n_batches(dl, rank, world):
+    return dl.n_batches(rank, world) if hasattr(dl, "n_batches") else len(dl)
+
+
+def _amp_dtype(amp, device):
+    """The autocast dtype for `amp` on `device`: bf16 where supported, else fp16; None when off."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if device.type == "cpu" else "float16"
+
+
+def _train_epoch(run, dl, emit, progress, resume_at=None):
     """One pass over the training batches; returns the mean training loss (one host read)."""
-    model, opt, crit = run.model, run.opt, run.crit
-    model.train()
-    loss_sum, n_done, pending = Mean(), 0, 0
-    run.n_batches = len(dl)
-    for i, b in enumerate(dl):
-        run.batch = i
-        run.xb, run.yb = _batch(b, run.device)
-        try:
-            emit("before_batch")
-            run.preds = model(run.xb)
-            run.loss = crit(run.preds, run.yb)
-            emit("after_loss")
-            opt.zero_grad(set_to_none=True)
-            run.loss.backward()
-            emit("after_backward")
-            opt.step()
-            run.step += 1
-            loss_sum.update(run.loss, len(run.yb))
-            emit("after_batch")
-        except CancelBatch:
-            pass
-        pending += 1
-        if pending == 16:  # the bar redraws at most every 0.2 s anyway; fewer calls cost less
-            progress.update(pending)
-            pending = 0
+    model, opt, crit, k = run.train_model, run.opt, run.crit, run.accumulate
+    run.model.train()
+    losses = Mean()
+    if resume_at is not None and resume_at.get("order") is not None or (resume_at and resume_at["batch"]):
+        order, first = resume_at["order"], resume_at["batch"]
+        if order is not None:
+            order = order.to(run.device)
+        losses.values, losses.counts = list(resume_at["loss_values"]), list(resume_at["loss_counts"])
+        set_rng_state(resume_at["rng"])  # the RNG as it was after the last saved step
+    else:
+        order = dl.order(None if run.seed is None else run.seed + run.epoch) if hasattr(dl, "order") else None
+        first = 0
+    if hasattr(dl, "batches"):
+        batches = dl.batches(order, first, run.rank, run.world)
+        run.n_batches = dl.n_batches(run.rank, run.world)
+    else:  # any iterable of (x, y): no sharding, no mid-epoch resume
+        batches, run.n_batches = iter(dl), len(dl)
+    autocast = (torch.autocast(run.device.type, dtype=getattr(torch, run.amp_dtype)) if run.amp_dtype
+                else contextlib.nullcontext())
+    check_every = 1 if run.device.type == "cpu" else 32  # a finite-loss check is a host sync on GPUs
+    join = model.join() if run.world > 1 else contextlib.nullcontext()  # uneven shards: see distributed.py
+    pending, i, group_rows, full_rows = 0, first - 1, 0, None
+    opt.zero_grad(set_to_none=True)
+    with join:
+        for i, b in enumerate(batches, start=first):
+            run.batch = i
+            run.xb, run.yb = _batch(b, run.device)
+            try:
+                emit("before_batch")
+                with autocast:
+                    run.preds = model(run.xb)
+                    run.loss = crit(run.preds, run.yb)
+                emit("after_loss")
+                if (i + 1) % check_every == 0 or i + 1 == run.n_batches or check_every == 1:
+                    if not _finite(run, losses):
+                        raise CancelBatch()
+                if k > 1:  # each batch's share of the group's mean: len / (k * the full batch size)
+                    full_rows = full_rows or len(run.yb)
+                    loss = run.loss * (len(run.yb) / (k * full_rows))
+                    group_rows += len(run.yb)
+                else:
+                    loss = run.loss
+                (run.scaler.scale(loss) if run.scaler else loss).backward()
+                emit("after_backward")
+                losses.update(run.loss, len(run.yb))
+                if (i + 1) % k == 0 or i + 1 == run.n_batches:
+                    if run.scaler:
+                        run.scaler.unscale_(opt)
+                    if k > 1 and group_rows != k * full_rows:  # a short last group: still a mean over its rows
+                        for g in opt.param_groups:
+                            for p in g["params"]:
+                                if p.grad is not None:
+                                    p.grad.mul_(k * full_rows / group_rows)
+                    group_rows = 0
+                    emit("before_step")
+                    if run.scaler:
+                        run.scaler.step(opt)
+                        run.scaler.update()
+                    else:
+                        opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    run.step += 1
+                    if run.checkpoint_every and run.step % run.checkpoint_every == 0:
+                        if _finite(run, losses):
+                            _save(run, run.epoch, i + 1, order, losses)
+                emit("after_batch")
+            except CancelBatch:
+                opt.zero_grad(set_to_none=True)
+            pending += 1
+            if pending == 16:  # the bar redraws at most every 0.2 s anyway; fewer calls cost less
+                progress.update(pending)
+                pending = 0
     progress.update(pending)
-    return loss_sum.value
+    if run.world > 1:
+        return _reduced_mean(losses, run.device)
+    return losses.value
 
 
-def _validate(model, dl, crit, metrics, device):
-    """Validation loss and metrics, each weighted by batch size."""
+def _finite(run, losses):
+    """False (after warning) or an error when the loss is NaN/inf; True when all is well."""
+    if torch.isfinite(run.loss.detach()).all():
+        return True
+    where = f"epoch {run.epoch}, batch {run.batch} (optimizer step {run.step})"
+    if run.device.type != "cpu" and run.on_nan == "raise":
+        where = f"epoch {run.epoch}, within the 32 batches up to batch {run.batch}"
+    if run.on_nan == "warn":
+        warnings.warn(f"non-finite training loss {run.loss.item()} at {where}; skipped that step",
+                      RuntimeWarning, stacklevel=3)
+        return False
+    raise NonFiniteLossError(f"training loss became {run.loss.item()} at {where}; stopped there"
+                             + (f", the last good checkpoint is {run.checkpoint}" if run.checkpoint else "")
+                             + ". Try a lower learning rate, or check the inputs for NaN/inf.")
+
+
+def _reduced_mean(mean, device):
+    """A Mean summed over all ranks: every rank reports the same number."""
+    if not mean.counts:
+        return float("nan")
+    values = torch.stack([v.float().reshape(()) for v in mean.values])
+    counts = torch.tensor(mean.counts, dtype=values.dtype, device=values.device)
+    total = dist_all_reduce_sum(torch.stack([(values * counts).sum(), counts.sum()]).to(device))
+    return (total[0] / total[1]).item()
+
+
+def _validate(model, dl, crit, metrics, device, rank=0, world=1):
+    """Validation loss and metrics, each weighted by batch size, summed over all ranks."""
     was_training = model.training
     model.eval()
-    loss, values = Mean(), [Mean() for _ in metrics]
+    sums, n = [], 0
+    batches = dl.batches(None, 0, rank, world) if hasattr(dl, "batches") else dl
     with torch.no_grad():
-        for b in dl:
+        for b in batches:
             xb, yb = _batch(b, device)
             preds = model(xb)
-            loss.update(crit(preds, yb), len(yb))
-            for m, v in zip(metrics, values):
-                v.update(m(preds, yb), len(yb))
+            figures = [crit(preds, yb)] + [m(preds, yb) for m in metrics]
+            sums.append(torch.stack([torch.as_tensor(f, device=device).detach().float().reshape(()) for f in figures])
+                        * len(yb))
+            n += len(yb)
     model.train(was_training)
-    return {"val_loss": loss.value, **{_metric_name(m): v.value for m, v in zip(metrics, values)}}
+    total = torch.stack(sums).sum(0) if sums else torch.zeros(1 + len(metrics), device=device)
+    total = dist_all_reduce_sum(torch.cat([total, torch.tensor([float(n)], device=device)]))
+    values = (total[:-1] / total[-1]).tolist()
+    return {"val_loss": values[0], **{_metric_name(m): v for m, v in zip(metrics, values[1:])}}
+
+
+def _save(run, epoch, batch, order, losses):
+    """Write the training state so that a resumed run continues bit for bit; rank 0 only."""
+    if run.rank != 0:
+        return
+    state = {
+        "format": 1, "epoch": epoch, "batch": batch, "step": run.step,
+        "model": run.model.state_dict(), "opt": run.opt.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler else None,
+        "callbacks": [cb.state_dict() if callable(getattr(cb, "state_dict", None)) else None for cb in run.callbacks],
+        "order": order.cpu() if order is not None else None,
+        "loss_values": [v.detach().float().cpu().reshape(()) for v in losses.values] if losses else [],
+        "loss_counts": list(losses.counts) if losses else [],
+        "history": run.history.records, "rng": rng_state(),
+    }
+    save_checkpoint(run.checkpoint, state)
+
+
+def _restore(run, path):
+    """Load the state `_save` wrote into the run's model, optimizer and callbacks; None if none."""
+    from pathlib import Path
+    p = Path(path)
+    if not p.exists() and not p.with_name(p.name + ".prev").exists():
+        run.history.info["resumed_from"] = None
+        return None
+    state = load_checkpoint(path)
+    try:
+        run.model.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["opt"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise FitError(f"{path}: the checkpoint does not fit this model/optimizer: {e}") from None
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    for cb, cb_state in zip(run.callbacks, state.get("callbacks", [])):
+        if cb_state is not None and callable(getattr(cb, "load_state_dict", None)):
+            cb.load_state_dict(cb_state)
+    run.step = state["step"]
+    run.history.records = [dict(r) for r in state["history"]]
+    run.history.info["resumed_from"] = {"epoch": state["epoch"], "batch": state["batch"], "step": state["step"]}
+    if state["batch"] == 0:
+        set_rng_state(state["rng"])  # at an epoch boundary: the next permutation is drawn from here
+    return state
 
 
 def _check_opt(model, opt):
