@@ -207,20 +207,22 @@ class SGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # the `alpha=` forms round exactly as torch.optim.SGD does, so on the CPU both take bit-identical
+        # steps: at a high learning rate any rounding difference grows until two runs part ways
         for group in self.param_groups:
             lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                d_p = p.grad + wd * p                      # a new tensor: p.grad is left alone
+                d_p = p.grad.add(p, alpha=wd)              # grad + wd * p, a new tensor
                 if momentum:
                     state = self.state[p]
                     if "momentum_buffer" not in state:
                         state["momentum_buffer"] = d_p.clone()
                     else:
-                        state["momentum_buffer"].mul_(momentum).add_(d_p)
+                        state["momentum_buffer"].mul_(momentum).add_(d_p)  # momentum * buf + d_p
                     d_p = state["momentum_buffer"]
-                p.sub_(lr * d_p)
+                p.add_(d_p, alpha=-lr)                     # p - lr * d_p
         return loss
 
 
