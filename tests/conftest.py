@@ -7,6 +7,12 @@ import pytest
 
 matplotlib.use("Agg")  # tests draw figures without a display
 
+import torch  # noqa: E402
+
+# One intra-op thread: the tests' models are tiny, and on a busy 2-core machine two spinning
+# threads per process made steps 20-50x slower; tests that launch processes stay within the cores.
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")

@@ -2,16 +2,37 @@
 
     from netfit import datasets, ImageClassifierData, fit, predict, accuracy, plots, default_device
 """
-from . import datasets
+from . import datasets, scratch
+from .checkpoint import CheckpointError
+from .compare import compare
 from .data import ArrayLoader, DataError, ImageClassifierData, default_device
-from .fit import (EVENTS, Callback, CancelBatch, CancelEpoch, CancelFit, FitError, History, Run, fit,
-                  predict, predict_with_targs, set_lrs)
+from .export import ExportError, Predictor, load
+from .fit import (EVENTS, Callback, CancelBatch, CancelEpoch, CancelFit, FitError, History, NonFiniteLossError,
+                  Run, fit, predict, predict_with_targs, set_lrs)
 from .metrics import accuracy, error_rate
-from .plots import plot_history, plots, show
+from .plots import plot_confusion, plot_history, plot_lr_find, plot_top_losses, plots, show
+from .augment import Augment, predict_tta
+from .callbacks import CSVLogger, EarlyStopping, GradientClip, SaveBest, TensorBoard
+from .learner import Learner
+from .schedule import LRFinderResult, Schedule, cosine, fit_one_cycle, lr_find, one_cycle, param_groups, step_decay
+from .seed import seed_everything
 
 __version__ = "0.1.0"
 
-__all__ = ["datasets", "ImageClassifierData", "ArrayLoader", "default_device", "fit", "predict",
+
+def __getattr__(name):
+    # NetClassifier needs scikit-learn, an optional dependency: imported on first use, not with netfit
+    if name == "NetClassifier":
+        from .estimator import NetClassifier
+        return NetClassifier
+    raise AttributeError(f"module 'netfit' has no attribute {name!r}")
+
+__all__ = ["datasets", "scratch", "ImageClassifierData", "ArrayLoader", "default_device", "fit", "predict",
            "predict_with_targs", "set_lrs", "History", "Run", "Callback", "EVENTS", "CancelFit",
            "CancelEpoch", "CancelBatch", "accuracy", "error_rate", "plots", "show", "plot_history",
-           "DataError", "FitError", "__version__"]
+           "plot_confusion", "plot_top_losses", "NetClassifier", "compare",
+           "DataError", "FitError", "NonFiniteLossError", "CheckpointError", "load", "Predictor", "ExportError",
+           "lr_find", "LRFinderResult", "plot_lr_find", "Schedule", "one_cycle", "cosine", "step_decay",
+           "fit_one_cycle", "param_groups", "EarlyStopping", "SaveBest", "GradientClip", "CSVLogger",
+           "TensorBoard", "Augment", "predict_tta", "Learner", "seed_everything",
+           "__version__"]

@@ -4,8 +4,15 @@
 
 The run folder gets `metrics.json` (per-epoch figures, final validation and test accuracy, seconds,
 device, versions), `model.safetensors` + `model.json`, `predictions.png` (first validation images,
-wrong predictions in red) and `history.png` (training curves). Errors print one line; `--debug`
-shows the traceback.
+wrong predictions in red), `history.png` (training curves) and `ckpt`, the training state saved
+after every epoch (and every N steps with `--checkpoint-every N`), which `--resume` continues from.
+
+    netfit train --lr-find --schedule one-cycle --augment --early-stop 2   # + lr_find.png, rate picked for you
+
+    netfit predict --model runs/fashion-mlp shoe.png test.csv    # one class name per image or CSV row
+    netfit compare --data fashion-mnist --quick                 # a forest, logistic regressions and nets side by side
+
+Errors print one line; `--debug` shows the traceback.
 """
 import argparse
 import json
@@ -14,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "train"]
+__all__ = ["main", "build_parser", "train", "predict"]
 
-DEFAULT_LR = {"adam": 1e-3, "sgd": 0.1}
+DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.1}
 
 
 def build_parser():
@@ -37,14 +44,62 @@ def build_parser():
                    "(default: mlp)")
     t.add_argument("--epochs", type=int, default=5, help="passes over the training set (default: 5)")
     t.add_argument("--bs", type=int, default=64, help="batch size (default: 64)")
-    t.add_argument("--opt", default="adam", choices=["adam", "sgd"], help="optimizer (default: adam)")
-    t.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 for adam, 0.1 for sgd)")
+    t.add_argument("--opt", default="adam", choices=["adam", "adamw", "sgd"],
+                   help="optimizer (default: adam); adamw decays weights decoupled from the gradient (--wd)")
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 for adam/adamw, 0.1 for sgd); the peak "
+                   "rate with --schedule")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     t.add_argument("--wd", type=float, default=0.0, help="weight decay (default: 0)")
     t.add_argument("--seed", type=int, default=0, help="random seed for weights and shuffling (default: 0)")
     t.add_argument("--device", default=None, help="cpu, cuda, mps... (default: best available)")
     t.add_argument("--out", default=None, help="run folder to write (default: runs/<data>-<model>)")
     t.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    t.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="also save <out>/ckpt every N optimizer steps (it is saved after every epoch anyway)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from <out>/ckpt, with the options of the run that wrote it")
+    t.add_argument("--lr-find", action="store_true", help="sweep the learning rate first, save "
+                   "<out>/lr_find.png, print the suggestion and train with it unless --lr is given")
+    t.add_argument("--schedule", default="none", choices=["none", "one-cycle", "cosine"],
+                   help="learning-rate schedule, set per step (default: none, a constant rate)")
+    t.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast where supported, else fp16")
+    t.add_argument("--clip", type=float, default=None, metavar="MAX_NORM",
+                   help="clip the gradient norm to MAX_NORM before each step (default: no clipping)")
+    t.add_argument("--accumulate", type=int, default=1, metavar="K",
+                   help="step every K batches, as one batch of K*bs (default: 1)")
+    t.add_argument("--early-stop", type=int, default=None, metavar="PATIENCE",
+                   help="stop when val_loss has not improved for PATIENCE epochs, keeping the best weights")
+    t.add_argument("--augment", action="store_true", help="random crops (pad 2), small rotations, and for "
+                   "fashion-mnist left-right flips, on each training batch")
+    pr = sub.add_parser("predict", help="print the predicted class of images or CSV rows",
+                        description="Load a run folder written by `netfit train` and print the predicted "
+                        "class of each image (greyscale, resized to 28x28) or of each CSV row (pixel values "
+                        "in [0, 1] or 0-255, with or without a label column).")
+    pr.add_argument("--model", required=True, help="run folder holding model.safetensors and model.json")
+    pr.add_argument("inputs", nargs="+", metavar="FILE", help="image files (.png, .jpg...) or .csv files")
+    c = sub.add_parser("compare", help="train a random forest, logistic regressions and nets side by side",
+                       description="Train scikit-learn's RandomForestClassifier and LogisticRegression and "
+                       "netfit's logreg, mlp and cnn on the same split; print one table (validation and test "
+                       "accuracy, train seconds, predict seconds per 1,000 rows, parameters, size) and write "
+                       "compare.md, compare.json and PNGs (accuracy against train time, a confusion matrix per "
+                       "model, the best model's top losses) to --out.")
+    c.add_argument("--data", default="fashion-mnist", help="mnist, fashion-mnist, or a CSV in Kaggle's "
+                   "digit-recognizer layout (label, pixel0..pixel783; 20%% of rows validate) (default: fashion-mnist)")
+    c.add_argument("--models", default=None, help="comma-separated, from forest,sklearn-logreg,logreg,mlp,cnn "
+                   "(default: all; cnn only for square images)")
+    c.add_argument("--quick", action="store_true", help="subsample (10,000 train, 5,000 valid and test rows) and "
+                   "train less (50 trees, 2-3 epochs): under two minutes on 2 cores; the output says so")
+    c.add_argument("--out", default=None, help="folder to write (default: runs/compare-<data>[-quick])")
+    c.add_argument("--n-estimators", type=int, default=None, metavar="N", help="forest trees (default: 100, "
+                   "50 with --quick)")
+    c.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs for every net (default: logreg 5, "
+                   "mlp 10, cnn 5; with --quick 2, 3, 2)")
+    c.add_argument("--seed", type=int, default=0, help="seed for subsampling, splits, forest and nets (default: 0)")
+    c.add_argument("--device", default=None, help="device for the nets: cpu, cuda, mps... (default: best available)")
+    c.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    for s in (t, pr):  # `--debug` after the command works too
+        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     return p
 
 
@@ -53,23 +108,39 @@ def train(args):
     import numpy as np
     import torch
     from torch import nn, optim
-    from . import __version__, datasets
+    from . import __version__, datasets, distributed
     from .data import ImageClassifierData, default_device
     from .export import save
     from .fit import fit, predict
     from .metrics import accuracy
     from .models import get_model
-    from .plots import plot_history, plots
+    from .plots import plot_history, plot_lr_find, plots
+    from .augment import Augment
+    from .callbacks import EarlyStopping, GradientClip
+    from .fit import set_lrs
+    from .schedule import cosine, lr_find, one_cycle
 
-    say = (lambda *a: None) if args.quiet else print
+    main_rank = distributed.is_main()  # under torchrun every rank trains; rank 0 alone prints and writes
+    say = (lambda *a: None) if args.quiet or not main_rank else print
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1; got {args.epochs}")
     if args.bs < 1:
         raise ValueError(f"--bs must be at least 1; got {args.bs}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be at least 1; got {args.checkpoint_every}")
+    if args.accumulate < 1:
+        raise ValueError(f"--accumulate must be at least 1; got {args.accumulate}")
+    if args.clip is not None and not args.clip > 0:
+        raise ValueError(f"--clip must be positive; got {args.clip}")
+    if args.early_stop is not None and args.early_stop < 0:
+        raise ValueError(f"--early-stop must be at least 0; got {args.early_stop}")
     torch.manual_seed(args.seed)
     out = Path(args.out or f"runs/{args.data}-{args.model}")
-    out.mkdir(parents=True, exist_ok=True)
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device) if args.device else default_device()
+    if device.type == "cuda" and device.index is None:  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
+        device = default_device()
     start = time.perf_counter()
     (x, y), (x_valid, y_valid), (x_test, y_test) = datasets.load(args.data, args.data_path)
     classes = list(datasets.FASHION_CLASSES) if args.data == "fashion-mnist" else [str(i) for i in range(10)]
@@ -83,15 +154,34 @@ def train(args):
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.opt]
     if args.opt == "adam":
         opt = optim.Adam(net.parameters(), lr=lr, weight_decay=args.wd)
+    elif args.opt == "adamw":
+        opt = optim.AdamW(net.parameters(), lr=lr, weight_decay=args.wd)
     else:
         opt = optim.SGD(net.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.wd)
     say(f"model {args.model} ({sum(p.numel() for p in net.parameters()):,} parameters), {args.opt} lr {lr:g}, "
         f"bs {args.bs}, {args.epochs} epochs")
-    history = fit(net, md, args.epochs, opt, nn.NLLLoss(), [accuracy], verbose=not args.quiet)
+    lr_suggestion = None
+    if args.lr_find:
+        res = lr_find(net, md, nn.NLLLoss(), opt)
+        lr_suggestion = res.suggestion
+        if main_rank:
+            plot_lr_find(res).savefig(out / "lr_find.png", dpi=80)
+        lr = lr if args.lr is not None else lr_suggestion
+        set_lrs(opt, lr)
+        say(f"lr_find: suggested learning rate {lr_suggestion:.2e} (wrote {out / 'lr_find.png'}); training with {lr:g}")
+    callbacks = ([Augment(flip=args.data == "fashion-mnist")] if args.augment else []) \
+        + ([GradientClip(max_norm=args.clip)] if args.clip is not None else []) \
+        + ([EarlyStopping(patience=args.early_stop)] if args.early_stop is not None else [])
+    schedule = {"none": None, "one-cycle": one_cycle(lr), "cosine": cosine(lr)}[args.schedule]
+    history = fit(net, md, args.epochs, opt, nn.NLLLoss(), [accuracy], callbacks, verbose=not args.quiet,
+                  checkpoint=out / "ckpt", checkpoint_every=args.checkpoint_every, resume=args.resume,
+                  schedule=schedule, amp=args.amp, accumulate=args.accumulate)
     train_seconds = sum(history["time"])
-    val_preds = predict(net, md.val_dl)
+    val_preds = predict(net, md.val_dl)  # under torchrun: each rank a share, gathered in order on all
     test_acc = accuracy(predict(net, md.test_dl), y_test)
     val_acc = accuracy(val_preds, y_valid)
+    if not main_rank:
+        return {"val_accuracy": val_acc, "test_accuracy": test_acc}
     save(net, out, arch=args.model, classes=classes, mean=mean, std=std)
 
     labels = val_preds[:16].argmax(1)
@@ -105,6 +195,8 @@ def train(args):
 
     metrics = {
         "data": args.data, "model": args.model, "epochs": args.epochs, "bs": args.bs, "opt": args.opt, "lr": lr,
+        "lr_find_suggestion": lr_suggestion, "schedule": args.schedule, "amp": args.amp, "clip": args.clip,
+        "accumulate": args.accumulate, "early_stop": args.early_stop, "augment": args.augment,
         "seed": args.seed, "history": history.records, "fit_info": history.info,
         "val_accuracy": val_acc, "test_accuracy": test_acc,
         "train_seconds": train_seconds, "total_seconds": time.perf_counter() - start,
@@ -119,6 +211,22 @@ def train(args):
     return metrics
 
 
+def predict(args):
+    """Run `netfit predict`: print `<file>: <class>` per image, `<file> row <i>: <class>` per CSV row."""
+    from .export import load
+    from .inputs import read_inputs
+    predictor = load(args.model)
+    for path in args.inputs:
+        x, labels, names = read_inputs(path, predictor.meta["input_shape"])
+        preds = predictor.predict(x)
+        classes = predictor.classes or [str(i) for i in range(int(preds.max()) + 1)]
+        for name, p in zip(names, preds):
+            print(f"{name}: {classes[p]}")
+        if labels is not None:
+            print(f"{path}: accuracy {(preds == labels).mean():.4f} on {len(labels)} labelled rows")
+    return 0
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -128,6 +236,11 @@ def main(argv=None):
     try:
         if args.command == "train":
             train(args)
+        elif args.command == "predict":
+            predict(args)
+        elif args.command == "compare":
+            from .compare import compare_command
+            compare_command(args)
         return 0
     except KeyboardInterrupt:
         print("netfit: interrupted", file=sys.stderr)

@@ -36,10 +36,19 @@ def default_device():
 
 
 def _describe(a):
-    a = np.asarray(a) if not isinstance(a, torch.Tensor) else a
-    if a.numel() if isinstance(a, torch.Tensor) else a.size:
-        return f"{a.dtype} of shape {tuple(a.shape)} with min {a.min().item()}, max {a.max().item()}"
-    return f"an empty {a.dtype} array of shape {tuple(a.shape)}"
+    """`a`'s dtype, shape and range (NaN counted apart), for error messages; any dtype."""
+    if isinstance(a, torch.Tensor):
+        a = (a.detach().cpu().double() if a.is_floating_point() else a.detach().cpu()).numpy()
+    a = np.asarray(a)
+    if not a.size:
+        return f"an empty {a.dtype} array of shape {tuple(a.shape)}"
+    if a.dtype.kind not in "biuf":  # strings, objects...: no order to report
+        return f"{a.dtype} of shape {tuple(a.shape)}"
+    nan = np.isnan(a) if a.dtype.kind == "f" else np.zeros(a.shape, bool)
+    text = f"{a.dtype} of shape {tuple(a.shape)}"
+    if not nan.all():
+        text += f" with min {a[~nan].min().item()}, max {a[~nan].max().item()}"
+    return text + (f" and {int(nan.sum())} NaN" if nan.any() else "")
 
 
 def as_tensors(x, y=None, name="x", n_classes=None):
@@ -54,15 +63,17 @@ def as_tensors(x, y=None, name="x", n_classes=None):
         try:
             x = np.asarray(x)
         except Exception as e:
-            raise DataError(f"{name} could not be read as an array: {e}") from None
+            raise DataError(f"{name} could not be read as an array (expected rows of equal length): {e}") from None
         if x.dtype.kind not in "biuf":
             raise DataError(f"{name} must be numeric; got dtype {x.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        x = torch.from_numpy(np.require(x, np.float32, "C"))  # keeps a 0-d array 0-d, for the message
+    elif x.is_complex():
+        raise DataError(f"{name} must be real numbers; got a {x.dtype} tensor")
     elif not x.is_floating_point():
         x = x.float()
     elif x.dtype != torch.float32:
         x = x.float()
-    if x.ndim < 1 or len(x) == 0:
+    if x.ndim >= 1 and len(x) == 0:
         raise DataError(f"{name} is empty (shape {tuple(x.shape)}); expected at least one row")
     if x.ndim < 2:
         raise DataError(f"{name} has shape {tuple(x.shape)}; expected (N, features) or (N, H, W), one row per example")
@@ -73,7 +84,10 @@ def as_tensors(x, y=None, name="x", n_classes=None):
         return x, None
     yname = "y" if name == "x" else name.replace("x", "y", 1)
     if not isinstance(y, torch.Tensor):
-        y = np.asarray(y)
+        try:
+            y = np.asarray(y)
+        except Exception as e:
+            raise DataError(f"{yname} could not be read as an array (expected one label per row): {e}") from None
         if y.dtype.kind == "f" or y.dtype.kind not in "biu":
             raise DataError(f"{yname} must hold integer class labels; got {_describe(y)}"
                             + (" (use y.astype('int64'))" if y.dtype.kind == "f" else ""))
@@ -88,8 +102,8 @@ def as_tensors(x, y=None, name="x", n_classes=None):
         raise DataError(f"{name} has {len(x)} rows but {yname} has {len(y)} labels; expected the same number")
     lo, hi = y.min().item(), y.max().item()
     if lo < 0 or (n_classes is not None and hi >= n_classes):
-        rng = f"[0, {n_classes})" if n_classes is not None else "0 or more"
-        raise DataError(f"{yname} must be class labels in {rng}; got min {lo}, max {hi}")
+        rng = f"in [0, {n_classes})" if n_classes is not None else "0 or more"
+        raise DataError(f"{yname} must be class labels {rng}; got min {lo}, max {hi}")
     return x, y
 
 
@@ -148,6 +162,18 @@ class ArrayLoader:
         """Batches per epoch for one rank of `world` (all of them in a single process)."""
         n = len(range(rank, len(self.x), world))
         return n // self.bs if self.drop_last else math.ceil(n / self.bs)
+
+    def rows(self, i, rank=0, world=1):
+        """Rows in batch `i` of one rank's share: `bs`, fewer in its last batch, 0 past its end.
+
+        Example:
+            >>> dl = ArrayLoader(torch.zeros(10, 3), bs=4)
+            >>> [dl.rows(i) for i in range(4)], [dl.rows(i, rank=1, world=2) for i in range(3)]
+            ([4, 4, 2, 0], [4, 1, 0])
+        """
+        n = len(range(rank, len(self.x), world))
+        stop = n - n % self.bs if self.drop_last else n
+        return max(0, min(self.bs, stop - i * self.bs))
 
     def order(self, seed=None):
         """This epoch's row order: a permutation when shuffling, else None (rows in order).
@@ -265,6 +291,73 @@ class ImageClassifierData:
         n_val = len(self.val_dl.x) if self.val_dl is not None else 0
         return (f"ImageClassifierData(path={self.path!r}, trn={len(self.trn_dl.x)}, val={n_val}, "
                 f"bs={self.bs}, c={self.c}, device={self.device})")
+
+    @classmethod
+    def from_csv(cls, path, csv="train.csv", label="label", bs=64, valid_pct=0.2, seed=0, test_csv=None,
+                 pixel_scale=255.0, classes=None, device=None):
+        """Read `path/csv` (a label column and pixel columns) and hold out `valid_pct` of it to validate.
+
+        Kaggle's digit-recognizer layout (`train.csv`: label, pixel0..pixel783; `test.csv`: pixels
+        only) works as it is: `from_csv("data/digits", test_csv="test.csv")`. Pixels are divided by
+        `pixel_scale`; string labels become class names. Non-numeric pixel columns are refused by name.
+        See `netfit.sources.read_csv`.
+
+        Example:
+            >>> import tempfile, os; d = tempfile.mkdtemp()
+            >>> rows = "".join(f"{i % 3},{i},{255 - i}\\n" for i in range(20))
+            >>> _ = open(os.path.join(d, "train.csv"), "w").write("label,pixel0,pixel1\\n" + rows)
+            >>> md = ImageClassifierData.from_csv(d, bs=4, valid_pct=0.25, device="cpu")
+            >>> len(md.trn_dl.x), len(md.val_dl.x), md.c
+            (15, 5, 3)
+        """
+        from pathlib import Path
+        from .sources import read_csv, split_valid
+        x, y, names = read_csv(Path(path) / csv, label, pixel_scale)
+        if y is None:
+            raise DataError(f"{Path(path) / csv} has no {label!r} column; columns to train on need labels")
+        trn_idx, val_idx = split_valid(len(x), valid_pct, seed)
+        val = (x[val_idx], y[val_idx]) if len(val_idx) else None
+        test = read_csv(Path(path) / test_csv, label, pixel_scale)[0] if test_csv is not None else None
+        return cls(path, (x[trn_idx], y[trn_idx]), val, bs=bs, test=test,
+                   classes=classes if classes is not None else names, device=device)
+
+    @classmethod
+    def from_folder(cls, path, size=28, mode="L", bs=64, train="train", valid="valid", valid_pct=0.2, seed=0,
+                    test=None, device=None):
+        """Images in one sub-folder per class, decoded once (Pillow), resized to `size`, greyscale or RGB.
+
+        Layouts: `path/train/<class>/*.png` with `path/valid/<class>/...` (ImageNet style); or
+        `path/<class>/*.png` (or a `train` folder without `valid`), of which `valid_pct` is held out
+        with `seed`. `test` names a sub-folder of `path` whose images (sorted by path) make `test_dl`.
+        "L" rows are flat (N, size*size) like the lesson's MNIST; "RGB" ones are (N, 3, H, W).
+
+        Example:
+            >>> import tempfile; from pathlib import Path; from PIL import Image; d = Path(tempfile.mkdtemp())
+            >>> for c in ("a", "b"):
+            ...     (d / c).mkdir()
+            ...     for i in range(5): Image.new("L", (32, 32), 50 * i).save(d / c / f"{i}.png")
+            >>> md = ImageClassifierData.from_folder(d, size=28, valid_pct=0.2, bs=4, device="cpu")
+            >>> md.classes, md.trn_dl.x.shape, len(md.val_dl.x)
+            (['a', 'b'], torch.Size([8, 784]), 2)
+        """
+        from pathlib import Path
+        from .sources import IMAGE_SUFFIXES, read_image_folder, read_images, split_valid
+        root = Path(path)
+        trn_dir = root / train if (root / train).is_dir() else root
+        skip = {valid, test} if trn_dir == root else set()  # in path/<class>/ layout these are no classes
+        x, y, classes = read_image_folder(trn_dir, size, mode,
+                                          sorted(p.name for p in trn_dir.iterdir() if p.is_dir() and p.name not in skip))
+        if trn_dir != root and (root / valid).is_dir():
+            val = read_image_folder(root / valid, size, mode, classes)[:2]
+        else:
+            trn_idx, val_idx = split_valid(len(x), valid_pct, seed)
+            val = (x[val_idx], y[val_idx]) if len(val_idx) else None
+            x, y = x[trn_idx], y[trn_idx]
+        xt = None
+        if test is not None:  # loose images or class sub-folders, in sorted path order
+            xt = read_images(sorted(p for p in (root / test).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES),
+                             size, mode)
+        return cls(path, (x, y), val, bs=bs, test=xt, classes=classes, device=device)
 
 
 def _pair(split, name):

@@ -27,6 +27,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DataError
 from .distributed import all_reduce_sum as dist_all_reduce_sum
+from .distributed import barrier as dist_barrier
+from .distributed import broadcast_buffers as dist_broadcast_buffers
 from .distributed import gather_rows
 from .distributed import rank as dist_rank
 from .distributed import setup as dist_setup
@@ -136,7 +138,7 @@ class Run:
     train_model: object = None  # the model the loop calls: `model`, or its DDP wrapper
     amp_dtype: str = None
     scaler: object = None       # GradScaler when amp runs in float16
-    seed: int = None            # shared shuffling seed under torchrun
+    seed: int = None            # epoch e shuffles with `dl.order(seed + e)`; None: torch's generator
     world: int = 1
     rank: int = 0
     accumulate: int = 1
@@ -180,9 +182,24 @@ def _loaders(data):
                    f"pair; got {type(data).__name__}")
 
 
-def _default_crit(model):
-    last = list(model.modules())[-1] if isinstance(model, nn.Sequential) else None
-    return nn.NLLLoss() if isinstance(last, nn.LogSoftmax) else nn.CrossEntropyLoss()
+def _default_crit(model, trn_dl):
+    """NLLLoss for a model that returns log-probabilities, else CrossEntropyLoss (which adds the log-softmax).
+
+    A model ending in `LogSoftmax` returns log-probabilities; so does any model whose outputs on two
+    training rows have a log-sum-exp of 0 per row, like a hand-written logistic regression.
+    """
+    if isinstance(list(model.modules())[-1], nn.LogSoftmax):
+        return nn.NLLLoss()
+    x = getattr(trn_dl, "x", None)
+    if isinstance(x, torch.Tensor) and len(x):
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = model(x[:2])
+        model.train(was_training)
+        if out.ndim == 2 and torch.allclose(out.float().logsumexp(1), torch.zeros((), device=out.device), atol=1e-4):
+            return nn.NLLLoss()
+    return nn.CrossEntropyLoss()
 
 
 def _batch(b, device):
@@ -226,10 +243,17 @@ class _Progress:
         self.verbose, self.bar = verbose, None
         if not verbose:
             return
-        from tqdm.auto import tqdm
-        interactive = "ipykernel" in sys.modules or sys.stderr.isatty()
-        if interactive:
-            self.bar = tqdm(total=total, leave=False, dynamic_ncols=True, mininterval=0.2)
+        if "ipykernel" in sys.modules:  # Jupyter: a widget, if ipywidgets is there to draw it
+            try:
+                import ipywidgets  # noqa: F401  (tqdm's notebook bar needs it; without it, no bar)
+                from tqdm.notebook import tqdm
+            except ImportError:
+                return
+        elif sys.stderr.isatty():
+            from tqdm import tqdm
+        else:
+            return
+        self.bar = tqdm(total=total, leave=False, dynamic_ncols=True, mininterval=0.2)
 
     def start_epoch(self, total, desc):
         if self.bar is not None:
@@ -255,7 +279,7 @@ class _Progress:
 
 def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=None, *, n_epochs=None,
         verbose=True, fast=True, schedule=None, amp=False, accumulate=1, checkpoint=None,
-        checkpoint_every=None, resume=False, on_nan="raise", deterministic=False):
+        checkpoint_every=None, resume=False, on_nan="raise", deterministic=False, seed=None):
     """Train `model` on `data` for `epochs` epochs and return a `History`.
 
     Args:
@@ -263,7 +287,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         data: an `ImageClassifierData`, or a `(trn_dl, val_dl)` pair of iterables of `(x, y)`.
         epochs: number of epochs (also accepted as `n_epochs=`, fastai's other spelling).
         opt: an optimizer over the model's parameters (default `Adam(model.parameters())`).
-        crit: the loss (default `NLLLoss` when the model ends in `LogSoftmax`, else `CrossEntropyLoss`).
+        crit: the loss (default `NLLLoss` when the model returns log-probabilities, e.g. ends in
+            `LogSoftmax`, else `CrossEntropyLoss`).
         metrics: functions `metric(preds, targs)`, e.g. `[accuracy]`, computed on validation data.
         callbacks: objects with methods named after `EVENTS`.
         verbose: print the per-epoch table and a progress bar.
@@ -280,6 +305,13 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         on_nan: "raise" stops at the first non-finite loss with `NonFiniteLossError` naming epoch
             and step (the last checkpoint stays as it was); "warn" warns and skips that step.
         deterministic: `torch.use_deterministic_algorithms(True)` for the duration of the call.
+        seed: shuffle epoch e with `trn_dl.order(seed + e)` instead of torch's generator. Under
+            torchrun rank 0's seed (drawn there when None) is broadcast and kept in
+            `history.info["seed"]`; a single process given that seed sees the same permutations.
+
+    Arguments and data are checked before training starts: a `FitError` or `DataError` names what
+    was expected and what was given (for loaders holding arrays: finite inputs, rows the model can
+    take, labels in [0, C) for a model with C outputs).
 
     Each epoch prints `epoch  trn_loss  val_loss  <metrics>  time`; `trn_loss` is the mean training
     loss over the epoch, validation loss and metrics are means weighted by batch size.
@@ -307,7 +339,9 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     if on_nan not in ("raise", "warn"):
         raise FitError(f"on_nan must be 'raise' or 'warn'; got {on_nan!r}")
     if (resume or checkpoint_every) and checkpoint is None:
-        raise FitError("resume and checkpoint_every need checkpoint='path/to/ckpt'")
+        given = "resume=True" if resume else f"checkpoint_every={checkpoint_every!r}"
+        raise FitError(f"{given} needs checkpoint='path/to/ckpt' to save to; got checkpoint=None")
+    _check_args(crit, metrics, callbacks, checkpoint_every)
     trn_dl, val_dl = _loaders(data)
     device = _model_device(model)
     distributed = dist_setup(device)
@@ -315,7 +349,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         data.to(device)  # the arrays move once, not per batch
     opt = torch.optim.Adam(model.parameters()) if opt is None else opt
     _check_opt(model, opt)
-    crit = _default_crit(model) if crit is None else crit
+    crit = _default_crit(model, trn_dl) if crit is None else crit
+    _check_data(model, crit, [("training data", trn_dl), ("validation data", val_dl)])
     metrics = list(metrics or [])
     callbacks = list(callbacks or []) + ([schedule] if schedule is not None else [])
     handlers = {e: [getattr(cb, e) for cb in callbacks if callable(getattr(cb, e, None))] for e in EVENTS}
@@ -332,7 +367,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     run.train_model = DDP(model) if distributed else model
     run.amp_dtype = _amp_dtype(amp, device)
     run.scaler = torch.amp.GradScaler(device.type) if run.amp_dtype == "float16" else None
-    run.seed = dist_shared_seed(device) if distributed else None
+    run.seed = dist_shared_seed(device, seed) if distributed else seed
     run.world, run.rank, run.accumulate, run.on_nan = world, rank, accumulate, on_nan
     run.checkpoint, run.checkpoint_every, run.callbacks = checkpoint, checkpoint_every, callbacks
     start_epoch, resume_at = 0, None
@@ -340,6 +375,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         resume_at = _restore(run, checkpoint)
         if resume_at is not None:
             start_epoch = resume_at["epoch"]
+    history.info["seed"] = run.seed
     keys = ["epoch", "trn_loss"] + (["val_loss"] + [_metric_name(m) for m in metrics] if val_dl is not None else []) + ["time"]
     progress = _Progress(verbose and rank == 0, _n_batches(trn_dl, rank, world))
     progress.write(_table_header(keys))
@@ -397,11 +433,12 @@ def _train_epoch(run, dl, emit, progress, resume_at=None):
     model, opt, crit, k = run.train_model, run.opt, run.crit, run.accumulate
     run.model.train()
     losses = Mean()
-    if resume_at is not None and resume_at.get("order") is not None or (resume_at and resume_at["batch"]):
+    if resume_at is not None and resume_at["batch"] > 0:  # mid-epoch: same order, same RNG, next batch
         order, first = resume_at["order"], resume_at["batch"]
         if order is not None:
             order = order.to(run.device)
-        losses.values, losses.counts = list(resume_at["loss_values"]), list(resume_at["loss_counts"])
+        if run.rank == 0:  # the saved epoch loss so far covers all ranks: one rank carries it
+            losses.values, losses.counts = list(resume_at["loss_values"]), list(resume_at["loss_counts"])
         set_rng_state(resume_at["rng"])  # the RNG as it was after the last saved step
     else:
         order = dl.order(None if run.seed is None else run.seed + run.epoch) if hasattr(dl, "order") else None
@@ -411,70 +448,94 @@ def _train_epoch(run, dl, emit, progress, resume_at=None):
         run.n_batches = dl.n_batches(run.rank, run.world)
     else:  # any iterable of (x, y): no sharding, no mid-epoch resume
         batches, run.n_batches = iter(dl), len(dl)
+    lockstep = run.world > 1 and hasattr(dl, "rows")
+    if lockstep:  # every rank takes as many steps as rank 0 (the most); see distributed.py
+        batches, run.n_batches = _in_lockstep(batches, dl, first, run.world), dl.n_batches(0, run.world)
     autocast = (torch.autocast(run.device.type, dtype=getattr(torch, run.amp_dtype)) if run.amp_dtype
                 else contextlib.nullcontext())
     check_every = 1 if run.device.type == "cpu" else 32  # a finite-loss check is a host sync on GPUs
-    join = model.join() if run.world > 1 else contextlib.nullcontext()  # uneven shards: see distributed.py
     pending, i, group_rows, full_rows = 0, first - 1, 0, None
     opt.zero_grad(set_to_none=True)
-    with join:
-        for i, b in enumerate(batches, start=first):
-            run.batch = i
-            run.xb, run.yb = _batch(b, run.device)
-            try:
-                emit("before_batch")
-                with autocast:
-                    run.preds = model(run.xb)
-                    run.loss = crit(run.preds, run.yb)
-                emit("after_loss")
-                if (i + 1) % check_every == 0 or i + 1 == run.n_batches or check_every == 1:
-                    if not _finite(run, losses):
-                        raise CancelBatch()
-                if k > 1:  # each batch's share of the group's mean: len / (k * the full batch size)
-                    full_rows = full_rows or len(run.yb)
-                    loss = run.loss * (len(run.yb) / (k * full_rows))
-                    group_rows += len(run.yb)
-                else:
-                    loss = run.loss
+    for i, b in enumerate(batches, start=first):
+        run.batch = i
+        run.xb, run.yb = _batch(b, run.device)
+        try:
+            emit("before_batch")
+            with autocast:
+                run.preds = model(run.xb)
+                run.loss = crit(run.preds, run.yb)
+            emit("after_loss")
+            if (i + 1) % check_every == 0 or i + 1 == run.n_batches or check_every == 1:
+                if not _finite(run, losses):
+                    raise CancelBatch()
+            rows = dl.rows(i, run.rank, run.world) if lockstep else len(run.yb)  # 0 for a stand-in
+            if lockstep:  # DDP averages the ranks' gradients: weigh so the step is the mean over all its rows
+                loss = run.loss * (rows * run.world / _group_rows(dl, i, k, run.n_batches, run.world))
+            elif k > 1:  # each batch's share of the group's mean: len / (k * the full batch size)
+                full_rows = full_rows or len(run.yb)
+                loss = run.loss * (len(run.yb) / (k * full_rows))
+                group_rows += len(run.yb)
+            else:
+                loss = run.loss
+            last = (i + 1) % k == 0 or i + 1 == run.n_batches
+            with model.no_sync() if lockstep and not last else contextlib.nullcontext():  # all-reduce once a group
                 (run.scaler.scale(loss) if run.scaler else loss).backward()
-                emit("after_backward")
-                losses.update(run.loss, len(run.yb))
-                if (i + 1) % k == 0 or i + 1 == run.n_batches:
-                    if run.scaler:
-                        run.scaler.unscale_(opt)
-                    if k > 1 and group_rows != k * full_rows:  # a short last group: still a mean over its rows
-                        for g in opt.param_groups:
-                            for p in g["params"]:
-                                if p.grad is not None:
-                                    p.grad.mul_(k * full_rows / group_rows)
-                    group_rows = 0
-                    emit("before_step")
-                    if run.scaler:
-                        run.scaler.step(opt)
-                        run.scaler.update()
-                    else:
-                        opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    run.step += 1
-                    if run.checkpoint_every and run.step % run.checkpoint_every == 0:
-                        if _finite(run, losses):
-                            _save(run, run.epoch, i + 1, order, losses)
-                emit("after_batch")
-            except CancelBatch:
+            emit("after_backward")
+            losses.update(run.loss, rows)
+            if last:
+                if run.scaler:
+                    run.scaler.unscale_(opt)
+                if not lockstep and k > 1 and group_rows != k * full_rows:  # a short last group: a mean over its rows
+                    for g in opt.param_groups:
+                        for p in g["params"]:
+                            if p.grad is not None:
+                                p.grad.mul_(k * full_rows / group_rows)
+                group_rows = 0
+                emit("before_step")
+                if run.scaler:
+                    run.scaler.step(opt)
+                    run.scaler.update()
+                else:
+                    opt.step()
                 opt.zero_grad(set_to_none=True)
-            pending += 1
-            if pending == 16:  # the bar redraws at most every 0.2 s anyway; fewer calls cost less
-                progress.update(pending)
-                pending = 0
+                run.step += 1
+                if run.checkpoint_every and run.step % run.checkpoint_every == 0:
+                    if _finite(run, losses):
+                        _save(run, run.epoch, i + 1, order, losses)
+            emit("after_batch")
+        except CancelBatch:
+            opt.zero_grad(set_to_none=True)
+        pending += 1
+        if pending == 16:  # the bar redraws at most every 0.2 s anyway; fewer calls cost less
+            progress.update(pending)
+            pending = 0
     progress.update(pending)
     if run.world > 1:
+        dist_broadcast_buffers(run.model)  # BatchNorm statistics as rank 0 has them, for validation and saving
         return _reduced_mean(losses, run.device)
     return losses.value
 
 
+def _in_lockstep(batches, dl, first, world):
+    """This rank's batches, then stand-ins (its loader's first row, weighted 0 by `dl.rows`) until it
+    has taken as many steps as rank 0: every rank takes the same steps and optimizer updates."""
+    for _ in range(first, dl.n_batches(0, world)):
+        b = next(batches, None)
+        yield b if b is not None else (dl.x[:1], dl.y[:1])
+
+
+def _group_rows(dl, i, k, n, world):
+    """Rows on all ranks in the accumulation group of batch `i` (groups of k batches; the last may be short)."""
+    g = i - i % k
+    return sum(dl.rows(j, r, world) for j in range(g, min(g + k, n)) for r in range(world))
+
+
 def _finite(run, losses):
     """False (after warning) or an error when the loss is NaN/inf; True when all is well."""
-    if torch.isfinite(run.loss.detach()).all():
+    finite = torch.isfinite(run.loss.detach()).all()
+    if run.world > 1:  # every rank must skip or stop alike, else the others wait in the next all-reduce
+        finite = dist_all_reduce_sum((~finite).float()) == 0
+    if finite:
         return True
     where = f"epoch {run.epoch}, batch {run.batch} (optimizer step {run.step})"
     if run.device.type != "cpu" and run.on_nan == "raise":
@@ -488,14 +549,19 @@ def _finite(run, losses):
                              + ". Try a lower learning rate, or check the inputs for NaN/inf.")
 
 
+def _loss_sums(mean, device):
+    """`(sum of value * rows, rows)` of a Mean over all ranks, as a tensor of 2 (every rank must call)."""
+    if not mean.counts:  # still take part in the all-reduce
+        return dist_all_reduce_sum(torch.zeros(2, device=device))
+    values = torch.stack([v.float().reshape(()).to(device) for v in mean.values])
+    counts = torch.tensor(mean.counts, dtype=values.dtype, device=device)
+    return dist_all_reduce_sum(torch.stack([(values * counts).sum(), counts.sum()]))
+
+
 def _reduced_mean(mean, device):
     """A Mean summed over all ranks: every rank reports the same number."""
-    if not mean.counts:
-        return float("nan")
-    values = torch.stack([v.float().reshape(()) for v in mean.values])
-    counts = torch.tensor(mean.counts, dtype=values.dtype, device=values.device)
-    total = dist_all_reduce_sum(torch.stack([(values * counts).sum(), counts.sum()]).to(device))
-    return (total[0] / total[1]).item()
+    total, n = _loss_sums(mean, device).tolist()
+    return total / n if n else float("nan")
 
 
 def _validate(model, dl, crit, metrics, device, rank=0, world=1):
@@ -520,17 +586,21 @@ def _validate(model, dl, crit, metrics, device, rank=0, world=1):
 
 
 def _save(run, epoch, batch, order, losses):
-    """Write the training state so that a resumed run continues bit for bit; rank 0 only."""
+    """Write the training state so that a resumed run continues bit for bit; rank 0 writes."""
+    values = [v.detach().float().cpu().reshape(()) for v in losses.values] if losses else []
+    counts = list(losses.counts) if losses else []
+    if losses is not None and run.world > 1:  # the epoch's loss so far over all ranks (all ranks call)
+        total, n = _loss_sums(losses, run.device).tolist()
+        values, counts = ([torch.tensor(total / n)], [int(n)]) if n else ([], [])
     if run.rank != 0:
         return
     state = {
         "format": 1, "epoch": epoch, "batch": batch, "step": run.step,
-        "model": run.model.state_dict(), "opt": run.opt.state_dict(),
+        "model": run.model.state_dict(), "opt": run.opt.state_dict(), "opt_class": type(run.opt).__name__,
         "scaler": run.scaler.state_dict() if run.scaler else None,
         "callbacks": [cb.state_dict() if callable(getattr(cb, "state_dict", None)) else None for cb in run.callbacks],
         "order": order.cpu() if order is not None else None,
-        "loss_values": [v.detach().float().cpu().reshape(()) for v in losses.values] if losses else [],
-        "loss_counts": list(losses.counts) if losses else [],
+        "loss_values": values, "loss_counts": counts, "seed": run.seed,
         "history": run.history.records, "rng": rng_state(),
     }
     save_checkpoint(run.checkpoint, state)
@@ -540,10 +610,14 @@ def _restore(run, path):
     """Load the state `_save` wrote into the run's model, optimizer and callbacks; None if none."""
     from pathlib import Path
     p = Path(path)
+    dist_barrier()  # under torchrun: rank 0 may still be writing it (the end of an earlier fit)
     if not p.exists() and not p.with_name(p.name + ".prev").exists():
         run.history.info["resumed_from"] = None
         return None
     state = load_checkpoint(path)
+    if state.get("opt_class", type(run.opt).__name__) != type(run.opt).__name__:
+        raise FitError(f"{path}: the checkpoint holds the state of a {state['opt_class']} optimizer; "
+                       f"got {type(run.opt).__name__}. Resume with the optimizer it was saved with")
     try:
         run.model.load_state_dict(state["model"])
         run.opt.load_state_dict(state["opt"])
@@ -555,6 +629,8 @@ def _restore(run, path):
         if cb_state is not None and callable(getattr(cb, "load_state_dict", None)):
             cb.load_state_dict(cb_state)
     run.step = state["step"]
+    if state.get("seed") is not None:  # the permutations of the run that wrote it
+        run.seed = state["seed"]
     run.history.records = [dict(r) for r in state["history"]]
     run.history.info["resumed_from"] = {"epoch": state["epoch"], "batch": state["batch"], "step": state["step"]}
     if state["batch"] == 0:
@@ -562,10 +638,84 @@ def _restore(run, path):
     return state
 
 
+def _check_args(crit, metrics, callbacks, checkpoint_every):
+    """FitError for a loss, metrics, callbacks or checkpoint interval `fit` cannot use."""
+    if crit is not None and (isinstance(crit, type) or not callable(crit)):
+        given = f"the class {crit.__name__}" if isinstance(crit, type) else f"{type(crit).__name__} {crit!r}"
+        raise FitError(f"crit must be a loss such as nn.NLLLoss() (an instance) or F.nll_loss; got {given}")
+    if metrics is not None and (not isinstance(metrics, (list, tuple))
+                                or not all(callable(m) and not isinstance(m, type) for m in metrics)):
+        raise FitError(f"metrics must be a list of functions metric(preds, targs), e.g. [accuracy]; got {metrics!r}")
+    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+        raise FitError(f"callbacks must be a list of callback objects; got one {type(callbacks).__name__} "
+                       "(pass [cb])")
+    every = checkpoint_every
+    if every is not None and not (isinstance(every, (int, np.integer)) and not isinstance(every, bool) and every >= 1):
+        raise FitError(f"checkpoint_every must be a positive number of optimizer steps; got {checkpoint_every!r}")
+
+
+def _check_data(model, crit, loaders):
+    """Fail before training, with a sentence, on data that the model or the loss cannot take.
+
+    For loaders that hold their arrays (`ArrayLoader`): the inputs must be finite, one row must go
+    through the model, and for NLLLoss/CrossEntropyLoss the labels must be integers in [0, C) for a
+    model with C outputs (on CUDA an out-of-range label is otherwise an opaque device-side assert).
+    Other iterables are left to torch, batch by batch.
+    """
+    for name, dl in loaders:
+        x, y = getattr(dl, "x", None), getattr(dl, "y", None)
+        if not isinstance(x, torch.Tensor):
+            continue
+        if len(x) == 0:
+            raise DataError(f"the {name} holds no rows; expected at least one")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise DataError(f"the {name} inputs hold {(~torch.isfinite(x)).sum().item()} NaN or infinite "
+                            "values; expected finite numbers")
+        out = _forward_one(model, x[:1], f"the {name}")  # (1, C)
+        if not isinstance(crit, (nn.NLLLoss, nn.CrossEntropyLoss)) or not isinstance(y, torch.Tensor) or y.ndim != 1:
+            continue
+        if y.is_floating_point() or y.is_complex():
+            from .data import _describe
+            raise DataError(f"the {name} labels must be integer class indices for {type(crit).__name__}; "
+                            f"got {_describe(y)} (use y.long())")
+        if out.ndim != 2:
+            raise DataError(f"{type(crit).__name__} needs the model to give class scores of shape (N, C); "
+                            f"it gives {tuple(out.shape)} for one row of the {name}")
+        labels = y[y != crit.ignore_index]
+        if len(labels) and (labels.min().item() < 0 or labels.max().item() >= out.shape[1]):
+            raise DataError(f"the {name} labels must be class indices in [0, {out.shape[1]}) for a model with "
+                            f"{out.shape[1]} outputs; got min {labels.min().item()}, max {labels.max().item()}")
+
+
+def _forward_one(model, xb, what):
+    """`model(xb)` in eval mode, without gradients or touching the CPU RNG; a DataError naming the
+    shapes when the model cannot take `xb`."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            return model(xb)
+    except RuntimeError as e:
+        raise _shape_error(model, xb, e, what) from e
+    finally:
+        model.train(was_training)
+
+
+def _shape_error(model, xb, e, what):
+    """The DataError for a first forward pass that failed on `xb` (out of memory is re-raised as is)."""
+    if isinstance(e, torch.OutOfMemoryError):
+        raise e
+    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    expects = (f"; its first layer {first} takes {first.in_features} features" if isinstance(first, nn.Linear)
+               else f"; its first layer {first} takes {first.in_channels} channels" if first is not None else "")
+    return DataError(f"{what} rows have shape {tuple(xb.shape[1:])}, which the model cannot take{expects} "
+                     f"({str(e).splitlines()[0][:200]})")
+
+
 def _check_opt(model, opt):
     if not isinstance(opt, torch.optim.Optimizer):
-        raise FitError(f"opt must be a torch.optim.Optimizer such as optim.Adam(net.parameters()); "
-                       f"got {type(opt).__name__}")
+        raise FitError(f"opt must be a torch.optim.Optimizer such as optim.Adam(net.parameters()); got "
+                       + (f"the class {opt.__name__}" if isinstance(opt, type) else type(opt).__name__))
     held = {id(p) for g in opt.param_groups for p in g["params"]}
     trainable = [p for p in model.parameters() if p.requires_grad]
     if trainable and not any(id(p) in held for p in trainable):
@@ -601,27 +751,43 @@ def _use_fused(opt):
 
 def _outputs(model, dl):
     """Run `model` over `dl` in eval mode without gradients: (preds, targs or None), as numpy."""
+    if not isinstance(model, nn.Module):
+        raise FitError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     device = _model_device(model)
     if isinstance(dl, (np.ndarray, torch.Tensor)):  # a bare array: batch it in order
         from .data import ArrayLoader, as_tensors
         dl = ArrayLoader(as_tensors(dl, None, "x")[0], None, bs=1024)
+    world, rank = dist_world(), dist_rank()
+    sharded = world > 1 and torch.distributed.is_initialized() and hasattr(dl, "batches")
+    batches = dl.batches(None, 0, rank, world) if sharded else dl  # under torchrun: each rank a share
+    if not sharded and hasattr(dl, "batches"):  # rows in order even from a shuffling loader (and no RNG drawn)
+        batches = dl.batches(None)
     was_training = model.training
     model.eval()
     preds, targs = [], []
     try:
         with torch.no_grad():
-            for b in dl:
+            for b in batches:
                 xb, yb = _batch(b, device)
-                preds.append(model(xb))
+                try:
+                    preds.append(model(xb))
+                except RuntimeError as e:  # on the first batch: inputs the model cannot take
+                    if preds:
+                        raise
+                    raise _shape_error(model, xb, e, "the input") from e
                 if yb is not None:
                     targs.append(yb)
     finally:
         model.train(was_training)
-    if not preds:
+    if not preds and not sharded:
         raise DataError("the loader gave no batches; expected at least one")
-    p = torch.cat(preds).float().cpu().numpy()
-    t = torch.cat(targs).cpu().numpy() if targs else None
-    return p, t
+    p = torch.cat(preds).float() if preds else None
+    t = torch.cat(targs) if targs else None
+    if sharded:  # back to one array in the original row order, on every rank
+        n = len(dl.x)
+        p = gather_rows(p, n, rank, world)
+        t = gather_rows(t, n, rank, world) if t is not None else None
+    return p.cpu().numpy(), (t.cpu().numpy() if t is not None else None)
 
 
 def predict(model, dl):

@@ -6,7 +6,8 @@ never calls `plt.show()`, so it works the same in Jupyter, scripts and tests.
 """
 import numpy as np
 
-__all__ = ["plots", "show", "plot_history"]
+__all__ = ["plots", "show", "plot_history", "plot_confusion", "plot_top_losses", "confusion_matrix",
+           "as_probs", "plot_lr_find"]
 
 
 def _figure(figsize):
@@ -101,5 +102,171 @@ def plot_history(history, figsize=(10, 4)):
         for k in metric_keys:
             ax2.plot(epochs, history[k], "o-", label=k)
         ax2.set_xlabel("epoch"); ax2.set_ylabel("validation metric"); ax2.legend(); ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _labels_of(preds, name="preds"):
+    """Predicted labels (N,) from scores (N, C) or labels (N,)."""
+    preds = preds.detach().cpu().numpy() if hasattr(preds, "detach") else np.asarray(preds)
+    if preds.ndim == 2:
+        return preds.argmax(1)
+    if preds.ndim == 1 and preds.dtype.kind in "biu":
+        return preds.astype(np.int64)
+    raise ValueError(f"{name} must be scores of shape (N, C) or integer labels of shape (N,); "
+                     f"got {preds.dtype} of shape {preds.shape}")
+
+
+def _targets(targs, n):
+    targs = targs.detach().cpu().numpy() if hasattr(targs, "detach") else np.asarray(targs)
+    if targs.ndim != 1 or targs.dtype.kind not in "biu":
+        raise ValueError(f"targs must be integer labels of shape (N,); got {targs.dtype} of shape {targs.shape}")
+    if len(targs) != n:
+        raise ValueError(f"got {n} predictions but {len(targs)} targets; expected one target per prediction")
+    if len(targs) and targs.min() < 0:
+        raise ValueError(f"targs must be class indices 0 or more; got min {targs.min()}")
+    return targs.astype(np.int64)
+
+
+def confusion_matrix(preds, targs, n_classes=None):
+    """Counts (C, C): row = actual class, column = predicted class.
+
+    Example:
+        >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 0])).tolist()
+        [[1, 1], [0, 1]]
+    """
+    p = _labels_of(preds)
+    t = _targets(targs, len(p))
+    c = max(int(p.max(initial=-1)), int(t.max(initial=-1))) + 1 if n_classes is None else int(n_classes)
+    if len(p) and max(p.max(), t.max()) >= c:
+        raise ValueError(f"labels go up to {max(p.max(), t.max())} but n_classes is {c}")
+    return np.bincount(t * c + p, minlength=c * c).reshape(c, c)  # (C, C)
+
+
+def as_probs(preds):
+    """Probabilities (N, C) from probabilities, log-probabilities or raw scores (logits).
+
+    Rows that sum to 1 are probabilities; rows whose exp sums to 1 are log-probabilities (a net ending
+    in `LogSoftmax`); anything else is taken as logits and softmaxed. The two cannot be confused: exp
+    of a probability row sums to at least C.
+
+    Example:
+        >>> as_probs(np.log([[0.25, 0.75]])).round(2).tolist()
+        [[0.25, 0.75]]
+    """
+    p = preds.detach().cpu().numpy() if hasattr(preds, "detach") else np.asarray(preds)
+    if p.ndim != 2 or p.dtype.kind not in "biuf":
+        raise ValueError(f"preds must be scores of shape (N, C); got {p.dtype} of shape {p.shape}")
+    p = p.astype(np.float64)
+    if np.allclose(p.sum(1), 1, atol=1e-3) and p.min(initial=0) >= 0:
+        return p
+    e = np.exp(p - p.max(1, keepdims=True))   # stable softmax; equals exp(p) for log-probabilities
+    return e / e.sum(1, keepdims=True)
+
+
+def plot_confusion(preds, targs, classes=None, normalize=False, figsize=None, title=None):
+    """The confusion matrix as a heat map with counts, class names on both axes; returns the Figure.
+
+    Args:
+        preds: (N, C) scores, probabilities or log-probabilities, or (N,) predicted labels.
+        targs: (N,) actual labels. classes: names in label order (e.g. `datasets.FASHION_CLASSES`).
+        normalize: show each row as fractions of its actual class instead of counts.
+
+    Example:
+        >>> fig = plot_confusion(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), classes=["a", "b", "c"])
+        >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        ['a', 'b', 'c']
+    """
+    n_classes = None if classes is None else len(classes)
+    cm = confusion_matrix(preds, targs, n_classes)
+    c = len(cm)
+    names = [str(x) for x in (classes if classes is not None else range(c))]
+    shown = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
+    side = 2.5 + 0.55 * c
+    fig = _figure(figsize or (side + 1, side))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(shown, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(c), names, rotation=45, ha="right")
+    ax.set_yticks(range(c), names)
+    ax.set_xlabel("predicted"); ax.set_ylabel("actual")
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(title or f"accuracy {acc:.4f} on {cm.sum():,} rows")
+    if c <= 30:  # beyond that the numbers are unreadable anyway
+        cut = shown.max() / 2 if shown.size else 0
+        for i in range(c):
+            for j in range(c):
+                text = f"{shown[i, j]:.2f}" if normalize else f"{shown[i, j]:d}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="white" if shown[i, j] > cut else "black")
+    fig.tight_layout()
+    return fig
+
+
+def plot_top_losses(ims, preds, targs, k=9, classes=None, figsize=None):
+    """The `k` images the model got most wrong (highest loss), titled predicted / actual, probability.
+
+    Args:
+        ims: (N, H, W) images, or (N, H*W) square rows, in the same order as `preds`.
+        preds: (N, C) probabilities or log-probabilities (detected: rows of exp(preds) sum to 1);
+            raw logits are softmaxed. targs: (N,) actual labels. classes: names in label order.
+
+    Each title reads `predicted / actual` and, below, the probability the model gave the actual class.
+
+    Example:
+        >>> logp = np.log(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]))
+        >>> fig = plot_top_losses(np.zeros((3, 4, 4)), logp, np.array([0, 0, 1]), k=2, classes=["cat", "dog"])
+        >>> [ax.get_title() for ax in fig.axes]
+        ['dog / cat\\n0.20', 'cat / dog\\n0.40']
+    """
+    probs = as_probs(preds)                                   # (N, C)
+    t = _targets(targs, len(probs))
+    if t.max(initial=0) >= probs.shape[1]:
+        raise ValueError(f"targs go up to {t.max()} but preds have {probs.shape[1]} classes")
+    ims = list(ims)
+    if len(ims) != len(probs):
+        raise ValueError(f"got {len(ims)} images for {len(probs)} predictions; expected one per prediction")
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer; got {k!r}")
+    p_actual = probs[np.arange(len(t)), t]                   # (N,)
+    losses = -np.log(np.clip(p_actual, 1e-12, None))
+    top = np.argsort(-losses, kind="stable")[:k]
+    names = [str(x) for x in (classes if classes is not None else range(probs.shape[1]))]
+    pred = probs.argmax(1)
+    titles = [f"{names[pred[i]]} / {names[t[i]]}\n{p_actual[i]:.2f}" for i in top]
+    colors = ["red" if pred[i] != t[i] else "black" for i in top]
+    rows = int(np.ceil(np.sqrt(len(top))))
+    cols = int(np.ceil(len(top) / rows))
+    fig = plots([ims[i] for i in top], figsize=figsize or (2.2 * cols, 2.5 * rows), rows=rows, titles=titles,
+                colors=colors)
+    fig.suptitle("predicted / actual, probability of actual", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr_find(result, figsize=(6, 4)):
+    """The LR finder's loss (raw and smoothed) against the rate on a log axis, the suggestion marked.
+
+    Args:
+        result: what `netfit.lr_find` returned (`lrs`, `losses`, `smoothed`, `suggestion`).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> lrs = np.geomspace(1e-6, 1, 50); loss = 2 - np.tanh(np.log10(lrs) + 3) + (lrs > 0.3) * 3
+        >>> fig = plot_lr_find(NS(lrs=lrs, losses=loss, smoothed=loss, suggestion=1e-3))
+    """
+    lrs, smoothed = np.asarray(result.lrs), np.asarray(result.smoothed)
+    fig = _figure(figsize)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(lrs, result.losses, alpha=0.3, label="loss per step")
+    ax.plot(lrs, smoothed, label="smoothed")
+    finite = smoothed[np.isfinite(smoothed)]
+    if len(finite):  # the divergence at the end would squash the interesting part of the curve
+        lo, first = finite.min(), finite[0]
+        ax.set_ylim(lo - 0.1 * (first - lo + 1e-8), first + 0.5 * (first - lo + 1e-8))
+    s = result.suggestion
+    ax.axvline(s, color="red", linestyle="--", label=f"suggestion {s:.1e}")
+    ax.set_xscale("log"); ax.set_xlabel("learning rate (log scale)"); ax.set_ylabel("training loss")
+    ax.legend(); ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -1,0 +1,92 @@
+"""`Learner`: model, data, loss, optimizer and callbacks kept together, for `learn.fit(3)` habits.
+
+    learn = Learner(mlp(), md, metrics=[accuracy])
+    res = learn.lr_find(); learn.fit_one_cycle(3, res.suggestion)
+    learn.predict(x_valid); learn.save("mlp.safetensors"); learn.export("runs/mlp", arch="mlp")
+
+Every method calls the functions of the same name (`fit`, `fit_one_cycle`, `lr_find`, `predict`,
+`netfit.export.save`): there is one training loop, and it is `fit`'s.
+"""
+from pathlib import Path
+
+import torch
+
+from .fit import fit, predict
+from .schedule import fit_one_cycle, lr_find
+
+__all__ = ["Learner"]
+
+
+class Learner:
+    """Bundle a model and what trains it; the optimizer is made once and keeps its state across fits.
+
+    Args:
+        model: an `nn.Module`. data: an `ImageClassifierData` or `(trn_dl, val_dl)` pair.
+        crit: the loss (default as in `fit`). opt: an optimizer over `model`'s parameters (default
+            Adam). metrics: as for `fit`. callbacks: passed to every `fit` (add more per call).
+
+    Attributes: `model`, `data`, `crit`, `opt`, `metrics`, `callbacks`, `history` (the last fit's).
+
+    Example:
+        >>> import numpy as np; from torch import nn; from netfit import ImageClassifierData, accuracy
+        >>> x = np.random.rand(256, 4).astype("float32"); y = (x[:, 0] > 0.5).astype("int64")
+        >>> md = ImageClassifierData.from_arrays(".", (x, y), (x, y), bs=32, device="cpu")
+        >>> learn = Learner(nn.Linear(4, 2), md, metrics=[accuracy])
+        >>> h = learn.fit(2, verbose=False); learn.predict(x[:3]).shape
+        (3, 2)
+    """
+
+    def __init__(self, model, data, crit=None, opt=None, metrics=None, callbacks=None):
+        self.model, self.data = model, data
+        self.crit = crit  # None: fit picks NLLLoss or CrossEntropyLoss from the model's outputs
+        self.opt = torch.optim.Adam(model.parameters()) if opt is None else opt
+        self.metrics, self.callbacks, self.history = list(metrics or []), list(callbacks or []), None
+
+    def _callbacks(self, kw):
+        return self.callbacks + list(kw.pop("callbacks", None) or [])
+
+    def fit(self, epochs, **kw):
+        """`fit(model, data, epochs, opt, crit, metrics, callbacks, **kw)`; returns (and keeps) the History."""
+        self.history = fit(self.model, self.data, epochs, self.opt, self.crit, self.metrics, self._callbacks(kw), **kw)
+        return self.history
+
+    def fit_one_cycle(self, epochs, max_lr=None, **kw):
+        """`fit_one_cycle` with this learner's parts; `max_lr=None` peaks at the optimizer's own rates."""
+        self.history = fit_one_cycle(self.model, self.data, epochs, max_lr, self.opt, self.crit, self.metrics,
+                                     callbacks=self._callbacks(kw), **kw)
+        return self.history
+
+    def lr_find(self, **kw):
+        """`lr_find` on this model and optimizer (both put back afterwards); returns an `LRFinderResult`.
+
+        The learner's callbacks stay out of the sweep: a logger or early stop should not take it for
+        training. Pass `callbacks=[Augment()]` to sweep on augmented batches.
+        """
+        return lr_find(self.model, self.data, self.crit, self.opt, **kw)
+
+    def predict(self, x_or_dl=None):
+        """The model's outputs as numpy (N, C) for a loader or array; default the validation loader."""
+        if x_or_dl is None:
+            x_or_dl = self.data.val_dl if hasattr(self.data, "val_dl") else self.data[1]
+        return predict(self.model, x_or_dl)
+
+    def save(self, path):
+        """Write the model's weights (state dict) to `path` as safetensors; returns the path."""
+        from safetensors.torch import save_file
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(path))
+        return path
+
+    def load(self, path):
+        """Load weights written by `save` into the model, on its device; returns self."""
+        from safetensors.torch import load_file
+        p = next(self.model.parameters(), None)
+        device = str(p.device) if p is not None else "cpu"
+        self.model.load_state_dict(load_file(str(path), device=device))
+        return self
+
+    def export(self, path, **kwargs):
+        """`netfit.export.save(model, path, **kwargs)`: a folder `netfit.export.load` turns into a predictor."""
+        from .export import save
+        return save(self.model, path, **kwargs)

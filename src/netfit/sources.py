@@ -1,0 +1,170 @@
+"""Reading your own data into arrays: a CSV of labels and pixels, or a folder of images per class.
+
+    x, y, classes = read_csv("data/digits/train.csv", label="label")      # Kaggle's digit-recognizer
+    x, y, classes = read_image_folder("data/pets/train", size=64, mode="RGB")
+
+Both decode everything once into float32 arrays in [0, 1]; `ImageClassifierData.from_csv` and
+`from_folder` build on them and feed the same `ArrayLoader` as `from_arrays`.
+"""
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataError
+
+__all__ = ["read_csv", "read_image_folder", "read_images", "split_valid", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_csv(path, label="label", pixel_scale=255.0):
+    """A CSV with a header row: the `label` column (if present) and numeric pixel columns.
+
+    Args:
+        label: name of the label column; a file without it (Kaggle's test.csv) gives `y = None`.
+            Integer labels are kept; other labels are class names, numbered in sorted order.
+        pixel_scale: every pixel is divided by it (255 for 8-bit images; 1 for values already scaled).
+
+    Returns:
+        (x float32 (N, D), y int64 (N,) or None, classes: the names for labels that were names, else None)
+
+    Example:
+        >>> import tempfile, os; p = os.path.join(tempfile.mkdtemp(), "t.csv")
+        >>> _ = open(p, "w").write("label,pixel0,pixel1\\n3,0,255\\n1,51,0\\n")
+        >>> x, y, classes = read_csv(p); (x * 255).tolist(), y.tolist()
+        ([[0.0, 255.0], [51.0, 0.0]], [3, 1])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist; expected a CSV file with a header row")
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), None)
+        if not header:
+            raise DataError(f"{path} is empty; expected a header row then one row per image")
+        header = [h.strip() for h in header]
+        body = f.read()
+    li = header.index(label) if label in header else None
+    cols = [i for i in range(len(header)) if i != li]
+    if not cols:
+        raise DataError(f"{path} has no pixel columns besides {label!r}")
+    try:
+        x = np.loadtxt(io.StringIO(body), delimiter=",", usecols=cols, dtype=np.float32, ndmin=2)
+    except ValueError:
+        raise DataError(f"{path}: pixel columns must be numeric; these are not: "
+                        f"{', '.join(_non_numeric(body, header, cols))}") from None
+    if len(x) == 0:
+        raise DataError(f"{path} has a header but no rows")
+    x /= np.float32(pixel_scale)
+    if li is None:
+        return x, None, None
+    raw = np.loadtxt(io.StringIO(body), delimiter=",", usecols=[li], dtype=str, ndmin=1)
+    raw = np.char.strip(raw)
+    try:
+        y = raw.astype(np.int64)
+        return x, y, None
+    except ValueError:
+        classes = sorted(set(raw.tolist()))
+        return x, np.searchsorted(np.array(classes), raw).astype(np.int64), classes
+
+
+def _non_numeric(body, header, cols):
+    """The names of the columns in `cols` holding a value that is not a number (first 10)."""
+    bad = set()
+    for row in csv.reader(io.StringIO(body)):
+        for i in cols:
+            if i in bad or i >= len(row):
+                continue
+            try:
+                float(row[i])
+            except ValueError:
+                bad.add(i)
+    names = [f"{header[i]!r} (e.g. {_example(body, i)!r})" for i in sorted(bad)[:10]]
+    return names or ["(rows of uneven length)"]
+
+
+def _example(body, i):
+    for row in csv.reader(io.StringIO(body)):
+        try:
+            float(row[i])
+        except (ValueError, IndexError):
+            return row[i] if i < len(row) else ""
+    return ""
+
+
+def read_image_folder(folder, size=28, mode="L", classes=None):
+    """Images in one sub-folder per class, decoded once with Pillow, resized to `size`.
+
+    Args:
+        folder: holds `<class>/<image>.png|jpg|jpeg`. size: an int (square) or (height, width).
+        mode: "L" for greyscale, rows flat (N, H*W) as the lesson's MNIST; "RGB" gives (N, 3, H, W).
+        classes: the class names in label order (default: the sub-folders, sorted).
+
+    Returns:
+        (x float32 in [0, 1], y int64 (N,), classes)
+
+    Example:
+        >>> import tempfile; from PIL import Image; root = Path(tempfile.mkdtemp())
+        >>> for c in ("cat", "dog"): (root / c).mkdir(); Image.new("L", (40, 30)).save(root / c / "a.png")
+        >>> x, y, classes = read_image_folder(root, size=28); x.shape, y.tolist(), classes
+        ((2, 784), [0, 1], ['cat', 'dog'])
+    """
+    folder = Path(folder)
+    if mode not in ("L", "RGB"):
+        raise DataError(f"mode must be 'L' (greyscale) or 'RGB'; got {mode!r}")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder; expected one sub-folder of images per class")
+    classes = list(classes) if classes is not None else sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{folder} has no sub-folders; expected one sub-folder of images per class")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        sub = folder / name
+        found = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if sub.is_dir() else []
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise DataError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {folder}/<class>/ for classes {classes}")
+    return read_images(files, size, mode), np.array(labels, dtype=np.int64), classes
+
+
+def read_images(files, size=28, mode="L"):
+    """Decode and resize image files in the given order: float32 in [0, 1], (N, H*W) for "L", (N, 3, H, W) for "RGB".
+
+    Example:
+        >>> import tempfile; from PIL import Image; p = Path(tempfile.mkdtemp()) / "a.jpg"
+        >>> Image.new("RGB", (10, 20), (255, 0, 0)).save(p); x = read_images([p], size=(8, 4), mode="RGB")
+        >>> x.shape, round(float(x[0, 0].mean()), 1)
+        ((1, 3, 8, 4), 1.0)
+    """
+    from PIL import Image
+    h, w = (size, size) if isinstance(size, int) else size
+    images = []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                images.append(np.asarray(im.convert(mode).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8))
+        except OSError as e:
+            raise DataError(f"{p}: not a readable image ({e})") from None
+    if not images:
+        raise DataError(f"no images to read; expected {'/'.join(IMAGE_SUFFIXES)} files")
+    x = np.stack(images).astype(np.float32) / 255                   # (N, H, W) or (N, H, W, 3)
+    x = x.reshape(len(x), h * w) if mode == "L" else x.transpose(0, 3, 1, 2)  # (N, H*W) or (N, 3, H, W)
+    return np.ascontiguousarray(x)
+
+
+def split_valid(n, valid_pct, seed=0):
+    """(train_idx, valid_idx): a random `valid_pct` of `n` rows to validate, fixed by `seed`.
+
+    Example:
+        >>> t, v = split_valid(10, 0.2); len(t), len(v), sorted(np.r_[t, v].tolist()) == list(range(10))
+        (8, 2, True)
+    """
+    if not 0 <= valid_pct < 1:
+        raise DataError(f"valid_pct must be in [0, 1); got {valid_pct}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * valid_pct))
+    if valid_pct > 0 and n_val == 0 and n > 1:
+        n_val = 1
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
