@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,11 @@ def load_checkpoint(path, fallback=True):
             errors.append(f"{cand}: no such file")
             continue
         try:
-            return _read(cand)
+            state = _read(cand)
         except CheckpointError as e:
             errors.append(str(e))
+            continue
+        if cand != path and path.is_file():  # the latest one is there but refused: say so
+            warnings.warn(f"{errors[0]}; loaded the previous checkpoint {cand} instead", RuntimeWarning, stacklevel=2)
+        return state
     raise CheckpointError("no loadable checkpoint: " + "; ".join(errors))

@@ -205,7 +205,8 @@ class ArrayLoader:
                 xb, yb = self.x[i:i + bs], (self.y[i:i + bs] if self.y is not None else None)
             else:
                 j = order[i:i + bs]
-                xb, yb = self.x[j], (self.y[j] if self.y is not None else None)
+                # index_select: the same gather as x[j] at a fraction of advanced indexing's overhead
+                xb, yb = self.x.index_select(0, j), (self.y.index_select(0, j) if self.y is not None else None)
             yield (xb, yb) if yb is not None else xb
 
     def __iter__(self):

@@ -120,7 +120,10 @@ def load(folder):
     if not meta.get("arch"):
         raise ExportError(f"{folder / META}: no architecture name recorded; rebuild the module yourself "
                           f"and load the weights with safetensors.torch.load_file")
-    model = get_model(meta["arch"], **meta.get("arch_kwargs", {}))
+    try:
+        model = get_model(meta["arch"], **meta.get("arch_kwargs", {}))
+    except (ValueError, TypeError) as e:  # an unknown name or arguments it does not take
+        raise ExportError(f"{folder / META}: cannot rebuild the model: {e}") from None
     try:
         model.load_state_dict(load_file(str(folder / WEIGHTS)))
     except (SafetensorError, RuntimeError) as e:
