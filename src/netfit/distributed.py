@@ -5,10 +5,32 @@
 When `torchrun` (or any launcher) sets WORLD_SIZE > 1, `fit` initialises the process group (nccl on
 GPUs, gloo on CPUs), wraps the model in `DistributedDataParallel`, and gives each rank every
 `world`-th row of the epoch's permutation (`order[rank::world]`), the same permutation on every
-rank. Every row is seen exactly once per epoch across ranks; when the rows do not divide evenly,
-some ranks take one batch fewer and DDP's `join` keeps the others from waiting forever, so nothing
-is padded and nothing dropped. With a per-rank batch b, step i uses the same rows as step i of a
-single process with batch `world * b` over the same permutation.
+rank. With a per-rank batch b, step i uses the same rows as step i of a single process with batch
+`world * b` over the same permutation, and gives the same update (to float rounding):
+
+- Every row is seen exactly once per epoch across ranks; nothing is dropped (unless the loader's
+  `drop_last`). When the rows do not divide evenly, a rank whose share has run out takes its
+  remaining steps on a stand-in batch (its loader's first row) with weight 0, so every rank takes
+  the same steps, the same all-reduces and the same optimizer updates (DDP's `join` would leave the
+  short ranks' optimizer state a step behind).
+- Each rank's loss is weighted by its rows over the step's rows on all ranks (`ArrayLoader.rows`),
+  so DDP's average of the ranks' gradients is the mean over every row of the step, short last
+  batches included.
+- Validation loss and metrics are sums all-reduced over ranks: every rank reports the same numbers.
+  BatchNorm statistics are broadcast from rank 0 after each epoch's training. The non-finite-loss
+  check is all-reduced too, so that every rank skips or stops at the same step.
+- `predict` runs each rank on its share (`rank::world`) and gathers the rows back into the original
+  order on every rank.
+- Only rank 0 prints, draws bars and writes checkpoints; a checkpoint holds the plain model (no
+  `module.` prefix) and loads in a single process, and the other way round. `fit(resume=True)` waits
+  at a barrier so no rank reads a checkpoint rank 0 is still writing; the checkpoint path must be
+  readable by every node.
+- `torchrun --max-restarts=K` restarts the whole group when a rank dies; with `fit(checkpoint=...,
+  resume=True)` the new group continues from the last checkpoint, mid-epoch included. Launch it with
+  TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: torchrun >= 2.5 otherwise keeps one store across attempts
+  and a restarted group can read the dead attempt's addresses (pytorch/pytorch#135712).
+- The shuffling seed is broadcast from rank 0 (`fit(seed=...)` fixes it; `history.info["seed"]`
+  records it), so a single process given that seed shuffles alike.
 """
 import atexit
 import os
@@ -16,7 +38,8 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["world", "rank", "is_main", "setup", "all_reduce_sum", "shared_seed", "gather_rows"]
+__all__ = ["world", "rank", "is_main", "setup", "all_reduce_sum", "shared_seed", "gather_rows", "barrier",
+           "broadcast_buffers"]
 
 
 def world():
@@ -56,7 +79,14 @@ def setup(device):
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(torch.device(device))
-        dist.init_process_group(backend)
+        try:
+            dist.init_process_group(backend)
+        except RuntimeError as e:
+            if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+                raise RuntimeError(f"{e}\nnetfit: this is a torchrun restart; torchrun's store can still hold the "
+                                   "previous attempt's addresses (pytorch/pytorch#135712): launch torchrun with "
+                                   "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1") from e
+            raise
         atexit.register(_teardown)
     return True
 
@@ -73,9 +103,28 @@ def all_reduce_sum(t):
     return t
 
 
-def shared_seed(device):
-    """A seed drawn on rank 0 from torch's generator and broadcast, so every rank shuffles alike."""
-    seed = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64).to(device)
+def _active():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier():
+    """Wait until every rank gets here (a no-op in a single process)."""
+    if _active():
+        dist.barrier()
+
+
+def broadcast_buffers(model):
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank (a no-op in a single process)."""
+    if _active():
+        for b in model.buffers():
+            dist.broadcast(b, src=0)
+
+
+def shared_seed(device, seed=None):
+    """Rank 0's `seed` (or one drawn from torch's generator there), broadcast so every rank shuffles alike."""
+    if seed is None:
+        seed = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64).item()
+    seed = torch.tensor([int(seed)], dtype=torch.int64, device=device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast(seed, src=0)
     return int(seed.item())
