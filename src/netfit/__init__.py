@@ -7,9 +7,11 @@ from .checkpoint import CheckpointError
 from .compare import compare
 from .data import ArrayLoader, DataError, ImageClassifierData, default_device
 from .export import ExportError, Predictor, load
-from .fit import (EVENTS, Callback, CancelBatch, CancelEpoch, CancelFit, FitError, History, NonFiniteLossError,
-                  Run, fit, predict, predict_with_targs, set_lrs)
+from .checks import FitError
+from .fit import EVENTS, Callback, CancelBatch, CancelEpoch, CancelFit, NonFiniteLossError, Run, fit, set_lrs
+from .history import History
 from .metrics import accuracy, error_rate
+from .predict import predict, predict_with_targs
 from .plots import plot_confusion, plot_history, plot_lr_find, plot_top_losses, plots, show
 from .augment import Augment, predict_tta
 from .callbacks import CSVLogger, EarlyStopping, GradientClip, SaveBest, TensorBoard

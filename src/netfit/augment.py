@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DataError
-from .fit import Callback, predict
+from .fit import Callback
+from .predict import predict
 
 __all__ = ["Augment", "predict_tta"]
 

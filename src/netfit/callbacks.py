@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .fit import CancelFit, Callback, FitError
+from .checks import FitError
+from .fit import CancelFit, Callback
 
 __all__ = ["EarlyStopping", "SaveBest", "GradientClip", "CSVLogger", "TensorBoard"]
 

@@ -111,7 +111,8 @@ def train(args):
     from . import __version__, datasets, distributed
     from .data import ImageClassifierData, default_device
     from .export import save
-    from .fit import fit, predict
+    from .fit import fit
+    from .predict import predict
     from .metrics import accuracy
     from .models import get_model
     from .plots import plot_history, plot_lr_find, plots

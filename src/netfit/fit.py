@@ -1,7 +1,6 @@
-"""The training loop: `fit`, its callback protocol, the `History` it returns, and `predict`.
+"""The training loop: `fit`, its callback protocol (`EVENTS`), the `Run` callbacks see, and `set_lrs`.
 
     history = fit(net, md, epochs=1, crit=nn.NLLLoss(), opt=optim.Adam(net.parameters()), metrics=[accuracy])
-    preds = predict(net, md.val_dl)      # numpy (N, C), rows in validation order
 
 `fit` follows fastai 0.7's argument order, `fit(model, data, n_epochs, opt, crit, metrics, callbacks)`,
 and accepts `n_epochs=` as well as `epochs=`. Callbacks are objects with methods named after the
@@ -12,9 +11,7 @@ Speed: the loop never reads a number back from the device inside an epoch; losse
 summed there and read once per epoch.
 """
 import contextlib
-import json
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,23 +19,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .data import DataError
+from .checks import FitError, _check_args, _check_data, _check_opt, _default_crit
 from .distributed import all_reduce_sum as dist_all_reduce_sum
 from .distributed import barrier as dist_barrier
 from .distributed import broadcast_buffers as dist_broadcast_buffers
-from .distributed import gather_rows
 from .distributed import rank as dist_rank
 from .distributed import setup as dist_setup
 from .distributed import shared_seed as dist_shared_seed
 from .distributed import world as dist_world
+from .history import History, _metric_name, _Progress, _table_header, _table_row
 from .metrics import Mean
 
-__all__ = ["fit", "predict", "predict_with_targs", "set_lrs", "History", "Run", "Callback", "EVENTS",
-           "CancelFit", "CancelEpoch", "CancelBatch", "FitError", "NonFiniteLossError"]
+__all__ = ["fit", "set_lrs", "Run", "Callback", "EVENTS", "CancelFit", "CancelEpoch", "CancelBatch",
+           "NonFiniteLossError"]
 
 EVENTS = ("before_fit", "before_epoch", "before_batch", "after_loss", "after_backward", "before_step",
           "after_batch", "after_epoch", "after_fit")
@@ -56,64 +52,12 @@ class CancelBatch(Exception):
     """Raise in a callback to skip the rest of this batch (no step)."""
 
 
-class FitError(TypeError):
-    """`fit` was called with arguments it cannot use; the message says which and why."""
-
-
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the epoch and step."""
 
 
 class Callback:
     """Base class for callbacks: override any of the methods named in `EVENTS`; each gets the Run."""
-
-
-class History:
-    """Per-epoch records of a `fit` call: `history[i]` is a dict, `history["val_loss"]` a list.
-
-    `history.info` says how the run was done (device, path, batches per epoch...).
-
-    Example:
-        >>> h = History(); h.append({"epoch": 0, "trn_loss": 0.5}); h["trn_loss"]
-        [0.5]
-    """
-
-    def __init__(self, records=None, info=None):
-        self.records, self.info = list(records or []), dict(info or {})
-
-    def append(self, record):
-        self.records.append(dict(record))
-
-    def __len__(self):
-        return len(self.records)
-
-    def __iter__(self):
-        return iter(self.records)
-
-    def __getitem__(self, key):
-        if isinstance(key, (int, slice)):
-            return self.records[key]
-        return [r.get(key) for r in self.records]
-
-    @property
-    def keys(self):
-        seen = {}
-        for r in self.records:
-            seen.update(dict.fromkeys(r))
-        return list(seen)
-
-    def to_dict(self):
-        return {"records": self.records, "info": self.info}
-
-    def to_json(self, path=None):
-        text = json.dumps(self.to_dict(), indent=2, default=str)
-        if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
-        return text
-
-    def __repr__(self):
-        return _table_header(self.keys) + "".join("\n" + _table_row(r, self.keys) for r in self.records)
 
 
 @dataclass
@@ -183,99 +127,12 @@ def _loaders(data):
                    f"pair; got {type(data).__name__}")
 
 
-def _default_crit(model, trn_dl):
-    """NLLLoss for a model that returns log-probabilities, else CrossEntropyLoss (which adds the log-softmax).
-
-    A model ending in `LogSoftmax` returns log-probabilities; so does any model whose outputs on two
-    training rows have a log-sum-exp of 0 per row, like a hand-written logistic regression.
-    """
-    if isinstance(list(model.modules())[-1], nn.LogSoftmax):
-        return nn.NLLLoss()
-    x = getattr(trn_dl, "x", None)
-    if isinstance(x, torch.Tensor) and len(x):
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            out = model(x[:2])
-        model.train(was_training)
-        if out.ndim == 2 and torch.allclose(out.float().logsumexp(1), torch.zeros((), device=out.device), atol=1e-4):
-            return nn.NLLLoss()
-    return nn.CrossEntropyLoss()
-
-
 def _batch(b, device):
     xb, yb = (b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None)
     if xb.device != device:
         xb = xb.to(device, non_blocking=True)
         yb = yb.to(device, non_blocking=True) if yb is not None else None
     return xb, yb
-
-
-def _metric_name(m):
-    return getattr(m, "__name__", None) or type(m).__name__
-
-
-def _table_header(keys):
-    return "  ".join(f"{k:>9}" if k != "epoch" else "epoch" for k in keys if k != "lr")
-
-
-def _table_row(r, keys):
-    cells = []
-    for k in keys:
-        v = r.get(k)
-        if k == "lr":
-            continue
-        if k == "epoch":
-            cells.append(f"{v:5d}")
-        elif k == "time":
-            cells.append(f"{v:8.2f}s")
-        elif isinstance(v, float):
-            cells.append(f"{v:9.4f}")
-        else:
-            cells.append(f"{str(v):>9}")
-    return "  ".join(cells)
-
-
-class _Progress:
-    """tqdm's auto bar over the batches: a widget in Jupyter, one redrawn line on a terminal,
-    nothing when output is not a terminal (or `verbose=False`). The table goes through `write`."""
-
-    def __init__(self, verbose, total):
-        self.verbose, self.bar = verbose, None
-        if not verbose:
-            return
-        if "ipykernel" in sys.modules:  # Jupyter: a widget, if ipywidgets is there to draw it
-            try:
-                import ipywidgets  # noqa: F401  (tqdm's notebook bar needs it; without it, no bar)
-                from tqdm.notebook import tqdm
-            except ImportError:
-                return
-        elif sys.stderr.isatty():
-            from tqdm import tqdm
-        else:
-            return
-        self.bar = tqdm(total=total, leave=False, dynamic_ncols=True, mininterval=0.2)
-
-    def start_epoch(self, total, desc):
-        if self.bar is not None:
-            self.bar.reset(total=total)
-            self.bar.set_description(desc, refresh=False)
-
-    def update(self, n):
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def write(self, line):
-        if not self.verbose:
-            return
-        if self.bar is not None:
-            self.bar.write(line)
-        else:
-            print(line, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=None, *, n_epochs=None,
@@ -646,93 +503,6 @@ def _restore(run, path):
     return state
 
 
-def _check_args(crit, metrics, callbacks, checkpoint_every):
-    """FitError for a loss, metrics, callbacks or checkpoint interval `fit` cannot use."""
-    if crit is not None and (isinstance(crit, type) or not callable(crit)):
-        given = f"the class {crit.__name__}" if isinstance(crit, type) else f"{type(crit).__name__} {crit!r}"
-        raise FitError(f"crit must be a loss such as nn.NLLLoss() (an instance) or F.nll_loss; got {given}")
-    if metrics is not None and (not isinstance(metrics, (list, tuple))
-                                or not all(callable(m) and not isinstance(m, type) for m in metrics)):
-        raise FitError(f"metrics must be a list of functions metric(preds, targs), e.g. [accuracy]; got {metrics!r}")
-    if callbacks is not None and not isinstance(callbacks, (list, tuple)):
-        raise FitError(f"callbacks must be a list of callback objects; got one {type(callbacks).__name__} "
-                       "(pass [cb])")
-    every = checkpoint_every
-    if every is not None and not (isinstance(every, (int, np.integer)) and not isinstance(every, bool) and every >= 1):
-        raise FitError(f"checkpoint_every must be a positive number of optimizer steps; got {checkpoint_every!r}")
-
-
-def _check_data(model, crit, loaders):
-    """Fail before training, with a sentence, on data that the model or the loss cannot take.
-
-    For loaders that hold their arrays (`ArrayLoader`): the inputs must be finite, one row must go
-    through the model, and for NLLLoss/CrossEntropyLoss the labels must be integers in [0, C) for a
-    model with C outputs (on CUDA an out-of-range label is otherwise an opaque device-side assert).
-    Other iterables are left to torch, batch by batch.
-    """
-    for name, dl in loaders:
-        x, y = getattr(dl, "x", None), getattr(dl, "y", None)
-        if not isinstance(x, torch.Tensor):
-            continue
-        if len(x) == 0:
-            raise DataError(f"the {name} holds no rows; expected at least one")
-        # the sum is finite unless some value is NaN/inf (or the total overflows): ~30x cheaper than
-        # testing every value, which the lesson's repeated fit calls would each pay
-        if x.is_floating_point() and not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
-            raise DataError(f"the {name} inputs hold {(~torch.isfinite(x)).sum().item()} NaN or infinite "
-                            "values; expected finite numbers")
-        out = _forward_one(model, x[:1], f"the {name}")  # (1, C)
-        if not isinstance(crit, (nn.NLLLoss, nn.CrossEntropyLoss)) or not isinstance(y, torch.Tensor) or y.ndim != 1:
-            continue
-        if y.is_floating_point() or y.is_complex():
-            from .data import _describe
-            raise DataError(f"the {name} labels must be integer class indices for {type(crit).__name__}; "
-                            f"got {_describe(y)} (use y.long())")
-        if out.ndim != 2:
-            raise DataError(f"{type(crit).__name__} needs the model to give class scores of shape (N, C); "
-                            f"it gives {tuple(out.shape)} for one row of the {name}")
-        labels = y[y != crit.ignore_index]
-        if len(labels) and (labels.min().item() < 0 or labels.max().item() >= out.shape[1]):
-            raise DataError(f"the {name} labels must be class indices in [0, {out.shape[1]}) for a model with "
-                            f"{out.shape[1]} outputs; got min {labels.min().item()}, max {labels.max().item()}")
-
-
-def _forward_one(model, xb, what):
-    """`model(xb)` in eval mode, without gradients or touching the CPU RNG; a DataError naming the
-    shapes when the model cannot take `xb`."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            return model(xb)
-    except RuntimeError as e:
-        raise _shape_error(model, xb, e, what) from e
-    finally:
-        model.train(was_training)
-
-
-def _shape_error(model, xb, e, what):
-    """The DataError for a first forward pass that failed on `xb` (out of memory is re-raised as is)."""
-    if isinstance(e, torch.OutOfMemoryError):
-        raise e
-    first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
-    expects = (f"; its first layer {first} takes {first.in_features} features" if isinstance(first, nn.Linear)
-               else f"; its first layer {first} takes {first.in_channels} channels" if first is not None else "")
-    return DataError(f"{what} rows have shape {tuple(xb.shape[1:])}, which the model cannot take{expects} "
-                     f"({str(e).splitlines()[0][:200]})")
-
-
-def _check_opt(model, opt):
-    if not isinstance(opt, torch.optim.Optimizer):
-        raise FitError(f"opt must be a torch.optim.Optimizer such as optim.Adam(net.parameters()); got "
-                       + (f"the class {opt.__name__}" if isinstance(opt, type) else type(opt).__name__))
-    held = {id(p) for g in opt.param_groups for p in g["params"]}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if trainable and not any(id(p) in held for p in trainable):
-        raise FitError("the optimizer holds none of the model's parameters; build it from this model, "
-                       "e.g. optim.Adam(net.parameters())")
-
-
 _FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 
@@ -759,72 +529,3 @@ def _use_fused(opt):
     return f"{name} (fused kernel)"
 
 
-def _outputs(model, dl):
-    """Run `model` over `dl` in eval mode without gradients: (preds, targs or None), as numpy."""
-    if not isinstance(model, nn.Module):
-        raise FitError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    device = _model_device(model)
-    if isinstance(dl, (np.ndarray, torch.Tensor)):  # a bare array: batch it in order
-        from .data import ArrayLoader, as_tensors
-        dl = ArrayLoader(as_tensors(dl, None, "x")[0], None, bs=1024)
-    world, rank = dist_world(), dist_rank()
-    sharded = world > 1 and torch.distributed.is_initialized() and hasattr(dl, "batches")
-    batches = dl.batches(None, 0, rank, world) if sharded else dl  # under torchrun: each rank a share
-    if not sharded and hasattr(dl, "batches"):  # rows in order even from a shuffling loader (and no RNG drawn)
-        batches = dl.batches(None)
-    was_training = model.training
-    model.eval()
-    preds, targs = [], []
-    try:
-        with torch.no_grad():
-            for b in batches:
-                xb, yb = _batch(b, device)
-                try:
-                    preds.append(model(xb))
-                except RuntimeError as e:  # on the first batch: inputs the model cannot take
-                    if preds:
-                        raise
-                    raise _shape_error(model, xb, e, "the input") from e
-                if yb is not None:
-                    targs.append(yb)
-    finally:
-        model.train(was_training)
-    if not preds and not sharded:
-        raise DataError("the loader gave no batches; expected at least one")
-    p = torch.cat(preds).float() if preds else None
-    t = torch.cat(targs) if targs else None
-    if sharded:  # back to one array in the original row order, on every rank
-        n = len(dl.x)
-        p = gather_rows(p, n, rank, world)
-        t = gather_rows(t, n, rank, world) if t is not None else None
-    return p.cpu().numpy(), (t.cpu().numpy() if t is not None else None)
-
-
-def predict(model, dl):
-    """The model's outputs over every batch of `dl`, in order, as a numpy array (N, C).
-
-    Runs in eval mode without gradients and restores the model's mode afterwards. `dl` may be a
-    loader of `(x, y)` or `x` batches, or a bare array of inputs.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(4, 3), nn.LogSoftmax(dim=1))
-        >>> predict(net, np.zeros((5, 4), dtype="float32")).shape
-        (5, 3)
-    """
-    return _outputs(model, dl)[0]
-
-
-def predict_with_targs(model, dl):
-    """`(preds, targs)` as numpy arrays, both in the loader's order.
-
-    Example:
-        >>> from netfit.data import ArrayLoader
-        >>> net = nn.Sequential(nn.Linear(4, 3), nn.LogSoftmax(dim=1))
-        >>> preds, targs = predict_with_targs(net, ArrayLoader(torch.zeros(5, 4), torch.arange(5) % 3, bs=2))
-        >>> preds.shape, targs.tolist()
-        ((5, 3), [0, 1, 2, 0, 1])
-    """
-    p, t = _outputs(model, dl)
-    if t is None:
-        raise DataError("the loader yields inputs only; predict_with_targs needs (x, y) batches")
-    return p, t

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .fit import fit, predict
+from .fit import fit
+from .predict import predict
 from .schedule import fit_one_cycle, lr_find
 
 __all__ = ["Learner"]

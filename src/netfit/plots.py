@@ -84,7 +84,7 @@ def plot_history(history, figsize=(10, 4)):
     """Training and validation loss per epoch, and each metric, from a `History`; returns the Figure.
 
     Example:
-        >>> from netfit.fit import History
+        >>> from netfit.history import History
         >>> fig = plot_history(History([{"epoch": 0, "trn_loss": 1.0, "val_loss": 0.9, "accuracy": 0.7},
         ...                             {"epoch": 1, "trn_loss": 0.6, "val_loss": 0.7, "accuracy": 0.8}]))
     """
@@ -211,13 +211,14 @@ def plot_top_losses(ims, preds, targs, k=9, classes=None, figsize=None):
         preds: (N, C) probabilities or log-probabilities (detected: rows of exp(preds) sum to 1);
             raw logits are softmaxed. targs: (N,) actual labels. classes: names in label order.
 
-    Each title reads `predicted / actual` and, below, the probability the model gave the actual class.
+    Each title reads `predicted / actual` and, below, the probability the model gave the actual class
+    (two significant digits, so the worst show as e.g. 3e-05 rather than 0.00).
 
     Example:
         >>> logp = np.log(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]))
         >>> fig = plot_top_losses(np.zeros((3, 4, 4)), logp, np.array([0, 0, 1]), k=2, classes=["cat", "dog"])
         >>> [ax.get_title() for ax in fig.axes]
-        ['dog / cat\\n0.20', 'cat / dog\\n0.40']
+        ['dog / cat\\n0.2', 'cat / dog\\n0.4']
     """
     probs = as_probs(preds)                                   # (N, C)
     t = _targets(targs, len(probs))
@@ -233,7 +234,7 @@ def plot_top_losses(ims, preds, targs, k=9, classes=None, figsize=None):
     top = np.argsort(-losses, kind="stable")[:k]
     names = [str(x) for x in (classes if classes is not None else range(probs.shape[1]))]
     pred = probs.argmax(1)
-    titles = [f"{names[pred[i]]} / {names[t[i]]}\n{p_actual[i]:.2f}" for i in top]
+    titles = [f"{names[pred[i]]} / {names[t[i]]}\n{p_actual[i]:.2g}" for i in top]  # 2 digits: 3e-05, 0.41
     colors = ["red" if pred[i] != t[i] else "black" for i in top]
     rows = int(np.ceil(np.sqrt(len(top))))
     cols = int(np.ceil(len(top) / rows))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .fit import History
+from .history import History
 
 __all__ = ["get_weights", "softmax", "log_softmax", "LogReg", "binary_loss", "nll_loss", "cross_entropy",
            "SGD", "train_loop"]

@@ -1,0 +1,125 @@
+"""History and how a run is shown: the per-epoch records `fit` returns, the table it prints, and the
+progress bar over the batches (a widget in Jupyter, one redrawn line on a terminal, nothing otherwise).
+
+    h = fit(net, md, 3, metrics=[accuracy]); h["val_loss"]; h[-1]["accuracy"]; print(h)
+"""
+import json
+import sys
+
+__all__ = ["History"]
+
+
+class History:
+    """Per-epoch records of a `fit` call: `history[i]` is a dict, `history["val_loss"]` a list.
+
+    `history.info` says how the run was done (device, path, batches per epoch...).
+
+    Example:
+        >>> h = History(); h.append({"epoch": 0, "trn_loss": 0.5}); h["trn_loss"]
+        [0.5]
+    """
+
+    def __init__(self, records=None, info=None):
+        self.records, self.info = list(records or []), dict(info or {})
+
+    def append(self, record):
+        self.records.append(dict(record))
+
+    def __len__(self):
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, slice)):
+            return self.records[key]
+        return [r.get(key) for r in self.records]
+
+    @property
+    def keys(self):
+        seen = {}
+        for r in self.records:
+            seen.update(dict.fromkeys(r))
+        return list(seen)
+
+    def to_dict(self):
+        return {"records": self.records, "info": self.info}
+
+    def to_json(self, path=None):
+        text = json.dumps(self.to_dict(), indent=2, default=str)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def __repr__(self):
+        return _table_header(self.keys) + "".join("\n" + _table_row(r, self.keys) for r in self.records)
+
+
+def _metric_name(m):
+    return getattr(m, "__name__", None) or type(m).__name__
+
+
+def _table_header(keys):
+    return "  ".join(f"{k:>9}" if k != "epoch" else "epoch" for k in keys if k != "lr")
+
+
+def _table_row(r, keys):
+    cells = []
+    for k in keys:
+        v = r.get(k)
+        if k == "lr":
+            continue
+        if k == "epoch":
+            cells.append(f"{v:5d}")
+        elif k == "time":
+            cells.append(f"{v:8.2f}s")
+        elif isinstance(v, float):
+            cells.append(f"{v:9.4f}")
+        else:
+            cells.append(f"{str(v):>9}")
+    return "  ".join(cells)
+
+
+class _Progress:
+    """tqdm's auto bar over the batches: a widget in Jupyter, one redrawn line on a terminal,
+    nothing when output is not a terminal (or `verbose=False`). The table goes through `write`."""
+
+    def __init__(self, verbose, total):
+        self.verbose, self.bar = verbose, None
+        if not verbose:
+            return
+        if "ipykernel" in sys.modules:  # Jupyter: a widget, if ipywidgets is there to draw it
+            try:
+                import ipywidgets  # noqa: F401  (tqdm's notebook bar needs it; without it, no bar)
+                from tqdm.notebook import tqdm
+            except ImportError:
+                return
+        elif sys.stderr.isatty():
+            from tqdm import tqdm
+        else:
+            return
+        self.bar = tqdm(total=total, leave=False, dynamic_ncols=True, mininterval=0.2)
+
+    def start_epoch(self, total, desc):
+        if self.bar is not None:
+            self.bar.reset(total=total)
+            self.bar.set_description(desc, refresh=False)
+
+    def update(self, n):
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def write(self, line):
+        if not self.verbose:
+            return
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+

@@ -1,0 +1,92 @@
+"""Prediction: a model's outputs over a loader or an array, in row order, as numpy.
+
+    preds = predict(net, md.val_dl)               # (N, C), eval mode, no gradients
+    preds, targs = predict_with_targs(net, md.val_dl)
+
+Under torchrun each rank predicts its share of the rows and every rank gets all of them back in the
+original order.
+"""
+import numpy as np
+import torch
+from torch import nn  # noqa: F401  (used by the doctests)
+
+from .checks import FitError, _shape_error
+from .data import DataError
+from .distributed import gather_rows
+from .distributed import rank as dist_rank
+from .distributed import world as dist_world
+from .fit import _batch, _model_device
+
+__all__ = ["predict", "predict_with_targs"]
+
+
+def _outputs(model, dl):
+    """Run `model` over `dl` in eval mode without gradients: (preds, targs or None), as numpy."""
+    if not isinstance(model, nn.Module):
+        raise FitError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    device = _model_device(model)
+    if isinstance(dl, (np.ndarray, torch.Tensor)):  # a bare array: batch it in order
+        from .data import ArrayLoader, as_tensors
+        dl = ArrayLoader(as_tensors(dl, None, "x")[0], None, bs=1024)
+    world, rank = dist_world(), dist_rank()
+    sharded = world > 1 and torch.distributed.is_initialized() and hasattr(dl, "batches")
+    batches = dl.batches(None, 0, rank, world) if sharded else dl  # under torchrun: each rank a share
+    if not sharded and hasattr(dl, "batches"):  # rows in order even from a shuffling loader (and no RNG drawn)
+        batches = dl.batches(None)
+    was_training = model.training
+    model.eval()
+    preds, targs = [], []
+    try:
+        with torch.no_grad():
+            for b in batches:
+                xb, yb = _batch(b, device)
+                try:
+                    preds.append(model(xb))
+                except RuntimeError as e:  # on the first batch: inputs the model cannot take
+                    if preds:
+                        raise
+                    raise _shape_error(model, xb, e, "the input") from e
+                if yb is not None:
+                    targs.append(yb)
+    finally:
+        model.train(was_training)
+    if not preds and not sharded:
+        raise DataError("the loader gave no batches; expected at least one")
+    p = torch.cat(preds).float() if preds else None
+    t = torch.cat(targs) if targs else None
+    if sharded:  # back to one array in the original row order, on every rank
+        n = len(dl.x)
+        p = gather_rows(p, n, rank, world)
+        t = gather_rows(t, n, rank, world) if t is not None else None
+    return p.cpu().numpy(), (t.cpu().numpy() if t is not None else None)
+
+
+def predict(model, dl):
+    """The model's outputs over every batch of `dl`, in order, as a numpy array (N, C).
+
+    Runs in eval mode without gradients and restores the model's mode afterwards. `dl` may be a
+    loader of `(x, y)` or `x` batches, or a bare array of inputs.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.LogSoftmax(dim=1))
+        >>> predict(net, np.zeros((5, 4), dtype="float32")).shape
+        (5, 3)
+    """
+    return _outputs(model, dl)[0]
+
+
+def predict_with_targs(model, dl):
+    """`(preds, targs)` as numpy arrays, both in the loader's order.
+
+    Example:
+        >>> from netfit.data import ArrayLoader
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.LogSoftmax(dim=1))
+        >>> preds, targs = predict_with_targs(net, ArrayLoader(torch.zeros(5, 4), torch.arange(5) % 3, bs=2))
+        >>> preds.shape, targs.tolist()
+        ((5, 3), [0, 1, 2, 0, 1])
+    """
+    p, t = _outputs(model, dl)
+    if t is None:
+        raise DataError("the loader yields inputs only; predict_with_targs needs (x, y) batches")
+    return p, t
+
