@@ -10,7 +10,8 @@ from netfit.cli import main
 from netfit.compare import QUICK, Budget, compare, markdown_table
 from netfit.data import DataError
 from netfit.datasets import FASHION_CLASSES
-from netfit.splits import load_split, read_csv
+from netfit.sources import read_table as read_csv
+from netfit.splits import load_split
 
 TINY = Budget(n_estimators=10, max_iter=20, epochs={"logreg": 1, "mlp": 1, "cnn": 1}, cnn_channels=(4, 8))
 KEYS = {"model", "val_accuracy", "test_accuracy", "train_seconds", "predict_seconds_per_1k", "params",

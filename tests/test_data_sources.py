@@ -55,7 +55,7 @@ def test_from_csv_generic_label_column_and_names(tmp_path):
 
 def test_from_csv_refuses_non_numeric_columns_by_name(tmp_path):
     write_csv(tmp_path / "bad.csv", ["label", "pixel0", "note", "pixel1"], [[1, 0, "x", 3], [2, 5, "ok", 9]])
-    with pytest.raises(DataError, match="'note' \\(e.g. 'x'\\)") as e:
+    with pytest.raises(DataError, match="'note' \\(line 2: 'x'\\)") as e:
         ImageClassifierData.from_csv(tmp_path, "bad.csv", device="cpu")
     assert "pixel0" not in str(e.value)
     write_csv(tmp_path / "nolabel.csv", ["pixel0", "pixel1"], [[1, 2]])

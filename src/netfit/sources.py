@@ -7,14 +7,13 @@ Both decode everything once into float32 arrays in [0, 1]; `ImageClassifierData.
 `from_folder` build on them and feed the same `ArrayLoader` as `from_arrays`.
 """
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
 from .data import DataError
 
-__all__ = ["read_csv", "read_image_folder", "read_images", "split_valid", "IMAGE_SUFFIXES"]
+__all__ = ["read_csv", "read_table", "read_image_folder", "read_images", "split_valid", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -36,61 +35,103 @@ def read_csv(path, label="label", pixel_scale=255.0):
         >>> x, y, classes = read_csv(p); (x * 255).tolist(), y.tolist()
         ([[0.0, 255.0], [51.0, 0.0]], [3, 1])
     """
+    x, y, _ = read_table(path, label, required=False)
+    x /= np.float32(pixel_scale)
+    if y is None or y.dtype.kind in "iu":
+        return x, y, None
+    classes = sorted(set(y.tolist()))
+    return x, np.searchsorted(np.array(classes), y).astype(np.int64), classes
+
+
+def read_table(path, label="label", required=True):
+    """Read a CSV with a header row: `(x, y, feature_names)`, values as they are in the file.
+
+    x is float32 (N, features) from every column but `label`; y holds the label column (integers, or
+    strings when it is not numeric), or None when the file has no such column and `required` is
+    False (Kaggle's test.csv). Non-numeric feature columns are rejected with their names and lines.
+
+    Example:
+        >>> import tempfile, os; p = os.path.join(tempfile.mkdtemp(), "t.csv")
+        >>> _ = open(p, "w").write("label,pixel0,pixel1\\n3,0,255\\n1,12,0\\n")
+        >>> x, y, cols = read_table(p); x.shape, y.tolist(), cols
+        ((2, 2), [3, 1], ['pixel0', 'pixel1'])
+    """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path} does not exist; expected a CSV file with a header row")
+        raise DataError(f"{path} does not exist; expected a CSV file with a {label!r} column")
     with open(path, newline="") as f:
         header = next(csv.reader(f), None)
-        if not header:
-            raise DataError(f"{path} is empty; expected a header row then one row per image")
-        header = [h.strip() for h in header]
-        body = f.read()
-    li = header.index(label) if label in header else None
-    cols = [i for i in range(len(header)) if i != li]
-    if not cols:
-        raise DataError(f"{path} has no pixel columns besides {label!r}")
-    try:
-        x = np.loadtxt(io.StringIO(body), delimiter=",", usecols=cols, dtype=np.float32, ndmin=2)
+    if not header:
+        raise DataError(f"{path} is empty; expected a header row with a {label!r} column")
+    header = [h.strip() for h in header]
+    if label not in header and not required:
+        li = None
+    elif label not in header:
+        shown = ", ".join(header[:5]) + (", ..." if len(header) > 5 else "")
+        raise DataError(f"{path} has no {label!r} column (columns: {shown}); expected Kaggle's digit-recognizer "
+                        f"layout: {label}, pixel0, ..., pixel783")
+    else:
+        li = header.index(label)
+    features = [h for i, h in enumerate(header) if i != li]
+    if not features:
+        raise DataError(f"{path} has only the {label!r} column; expected feature columns after it")
+    try:  # the fast path: every cell numeric
+        arr = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
     except ValueError:
-        raise DataError(f"{path}: pixel columns must be numeric; these are not: "
-                        f"{', '.join(_non_numeric(body, header, cols))}") from None
+        arr = None
+    if arr is not None and arr.shape[1] == len(header):
+        y = arr[:, li] if li is not None else None
+        x = (np.delete(arr, li, axis=1) if li is not None else arr).astype(np.float32)
+    else:
+        x, y = _read_csv_slow(path, header, li)
     if len(x) == 0:
-        raise DataError(f"{path} has a header but no rows")
-    x /= np.float32(pixel_scale)
-    if li is None:
-        return x, None, None
-    raw = np.loadtxt(io.StringIO(body), delimiter=",", usecols=[li], dtype=str, ndmin=1)
-    raw = np.char.strip(raw)
-    try:
-        y = raw.astype(np.int64)
-        return x, y, None
-    except ValueError:
-        classes = sorted(set(raw.tolist()))
-        return x, np.searchsorted(np.array(classes), raw).astype(np.int64), classes
+        raise DataError(f"{path} has a header but no rows; expected at least one")
+    if y is not None and y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            bad = y[~(np.isfinite(y) & (y == np.round(y)))][0]
+            raise DataError(f"{path}: the {label!r} column holds {bad}, not a class; expected integer labels "
+                            "or class names")
+        y = y.astype(np.int64)
+    return x, y, features
 
 
-def _non_numeric(body, header, cols):
-    """The names of the columns in `cols` holding a value that is not a number (first 10)."""
-    bad = set()
-    for row in csv.reader(io.StringIO(body)):
-        for i in cols:
-            if i in bad or i >= len(row):
+def _read_csv_slow(path, header, li):
+    """Parse cell by cell to say which columns are not numeric (and where), or read string labels."""
+    bad, rows, labels = {}, [], []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        for n, row in enumerate(reader, start=2):
+            if not row:
                 continue
-            try:
-                float(row[i])
-            except ValueError:
-                bad.add(i)
-    names = [f"{header[i]!r} (e.g. {_example(body, i)!r})" for i in sorted(bad)[:10]]
-    return names or ["(rows of uneven length)"]
-
-
-def _example(body, i):
-    for row in csv.reader(io.StringIO(body)):
+            if len(row) != len(header):
+                raise DataError(f"{path}: line {n} has {len(row)} fields but the header has {len(header)}")
+            values = []
+            for i, cell in enumerate(row):
+                if i == li:
+                    labels.append(cell.strip())
+                    continue
+                try:
+                    values.append(float(cell))
+                except ValueError:
+                    bad.setdefault(header[i], (n, cell))
+                    values.append(np.nan)
+            rows.append(values)
+    if bad:
+        what = "; ".join(f"{c!r} (line {n}: {v!r})" if v.strip() else f"{c!r} (line {n} is empty)"
+                         for c, (n, v) in list(bad.items())[:8])
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        raise DataError(f"{path}: non-numeric columns {what}{more}; netfit takes numeric feature columns "
+                        "only (categorical and missing values are not supported yet): drop or encode them")
+    if li is None:
+        y = None
+    else:
         try:
-            float(row[i])
-        except (ValueError, IndexError):
-            return row[i] if i < len(row) else ""
-    return ""
+            y = np.array([float(v) for v in labels])
+        except ValueError:
+            y = np.array(labels)
+    return np.array(rows, dtype=np.float32).reshape(len(rows), len(header) - 1), y
+
 
 
 def read_image_folder(folder, size=28, mode="L", classes=None):

@@ -1,107 +1,24 @@
 """Splits: data for `compare` from a dataset name, a CSV or arrays, as train/valid/test `(x, y)` splits.
 
     splits, classes, source = load_split("train.csv")      # Kaggle digit-recognizer layout, 20% validate
-    x, y, columns = read_csv("train.csv")                   # float32 (N, 784), labels (N,)
 
 Labels that are strings or non-contiguous integers become indices 0..C-1 with `classes` naming them.
 Non-numeric feature columns are rejected by name: categorical data is a later step.
 """
-import csv
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .data import DataError
+from .sources import read_table
 
-__all__ = ["load_split", "read_csv", "subsample"]
-
-
-def read_csv(path, label="label"):
-    """Read a CSV in Kaggle's digit-recognizer layout: `(x, y, feature_names)`.
-
-    x is float32 (N, features) from every column but `label`; y holds the label column (integers, or
-    strings when it is not numeric). Non-numeric feature columns are rejected with their names.
-
-    Example:
-        >>> import tempfile, os; p = os.path.join(tempfile.mkdtemp(), "t.csv")
-        >>> _ = open(p, "w").write("label,pixel0,pixel1\\n3,0,255\\n1,12,0\\n")
-        >>> x, y, cols = read_csv(p); x.shape, y.tolist(), cols
-        ((2, 2), [3, 1], ['pixel0', 'pixel1'])
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; expected a CSV file with a {label!r} column")
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), None)
-    if not header:
-        raise DataError(f"{path} is empty; expected a header row with a {label!r} column")
-    header = [h.strip() for h in header]
-    if label not in header:
-        shown = ", ".join(header[:5]) + (", ..." if len(header) > 5 else "")
-        raise DataError(f"{path} has no {label!r} column (columns: {shown}); expected Kaggle's digit-recognizer "
-                        f"layout: {label}, pixel0, ..., pixel783")
-    li = header.index(label)
-    features = [h for i, h in enumerate(header) if i != li]
-    if not features:
-        raise DataError(f"{path} has only the {label!r} column; expected feature columns after it")
-    try:  # the fast path: every cell numeric
-        arr = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
-    except ValueError:
-        arr = None
-    if arr is not None and arr.shape[1] == len(header):
-        y, x = arr[:, li], np.delete(arr, li, axis=1).astype(np.float32)
-    else:
-        x, y = _read_csv_slow(path, header, li)
-    if len(x) == 0:
-        raise DataError(f"{path} has a header but no rows; expected at least one")
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            bad = y[~(np.isfinite(y) & (y == np.round(y)))][0]
-            raise DataError(f"{path}: the {label!r} column holds {bad}, not a class; expected integer labels "
-                            "or class names")
-        y = y.astype(np.int64)
-    return x, y, features
-
-
-def _read_csv_slow(path, header, li):
-    """Parse cell by cell to say which columns are not numeric (and where), or read string labels."""
-    bad, rows, labels = {}, [], []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        next(reader)
-        for n, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}: line {n} has {len(row)} fields but the header has {len(header)}")
-            values = []
-            for i, cell in enumerate(row):
-                if i == li:
-                    labels.append(cell.strip())
-                    continue
-                try:
-                    values.append(float(cell))
-                except ValueError:
-                    bad.setdefault(header[i], (n, cell))
-                    values.append(np.nan)
-            rows.append(values)
-    if bad:
-        what = "; ".join(f"{c!r} (line {n}: {v!r})" if v.strip() else f"{c!r} (line {n} is empty)"
-                         for c, (n, v) in list(bad.items())[:8])
-        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
-        raise DataError(f"{path}: non-numeric columns {what}{more}; netfit compare takes numeric feature columns "
-                        "only (categorical and missing values are not supported yet): drop or encode them")
-    try:
-        y = np.array([float(v) for v in labels])
-    except ValueError:
-        y = np.array(labels)
-    return np.array(rows, dtype=np.float32).reshape(len(rows), len(header) - 1), y
+__all__ = ["load_split", "subsample"]
 
 
 def _pair(split, name):
     if isinstance(split, (str, Path)):
-        x, y, _ = read_csv(split)
+        x, y, _ = read_table(split)
         return x, y
     if not isinstance(split, (tuple, list)) or len(split) != 2:
         raise DataError(f"{name} must be an (x, y) pair or a CSV path; got {type(split).__name__}")
