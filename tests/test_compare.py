@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from matplotlib.figure import Figure
 
 from netfit.cli import main
@@ -16,15 +15,6 @@ from netfit.splits import load_split
 TINY = Budget(n_estimators=10, max_iter=20, epochs={"logreg": 1, "mlp": 1, "cnn": 1}, cnn_channels=(4, 8))
 KEYS = {"model", "val_accuracy", "test_accuracy", "train_seconds", "predict_seconds_per_1k", "params",
         "size_bytes", "settings"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny nets run faster on one thread (no cross-thread hand-off per op), and tests share the machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,6 @@ from torch import nn
 from netfit import NetClassifier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny nets run faster on one thread (no cross-thread hand-off per op), and tests share the machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def blobs(n=300, centers=3, seed=0):
     x, y = make_blobs(n, n_features=4, centers=centers, cluster_std=1.0, random_state=seed)
     return x.astype("float32"), y
