@@ -146,11 +146,13 @@ def train(args):
     (x, y), (x_valid, y_valid), (x_test, y_test) = datasets.load(args.data, args.data_path)
     classes = list(datasets.FASHION_CLASSES) if args.data == "fashion-mnist" else [str(i) for i in range(10)]
     mean, std = float(x.mean()), float(x.std())  # training statistics, used for every split
-    norm = lambda a: (a - mean) / std
+    for a in (x, x_valid, x_test):  # in place: the normalised data is the only copy kept
+        a -= mean
+        a /= std
     say(f"{args.data}: {len(x):,} train, {len(x_valid):,} valid, {len(x_test):,} test rows; "
         f"normalised with train mean {mean:.4f}, std {std:.4f}; device {device}")
-    md = ImageClassifierData.from_arrays(str(out), (norm(x), y), (norm(x_valid), y_valid), bs=args.bs,
-                                         test=norm(x_test), classes=classes, device=device)
+    md = ImageClassifierData.from_arrays(str(out), (x, y), (x_valid, y_valid), bs=args.bs,
+                                         test=x_test, classes=classes, device=device)
     net = get_model(args.model).to(device)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.opt]
     if args.opt == "adam":

@@ -310,7 +310,9 @@ def _load_pickle(path):
 
 def _split(arrays, n_train):
     def images(a):  # (N, 28, 28) uint8 -> (N, 784) float32 in [0, 1]
-        return (a.reshape(len(a), -1).astype(np.float32) / 255.0)
+        x = a.reshape(len(a), -1).astype(np.float32)
+        x /= 255.0  # in place: one float copy of the images, not two
+        return x
     x, y = images(arrays["train-images-idx3-ubyte"]), arrays["train-labels-idx1-ubyte"].astype(np.int64)
     xt, yt = images(arrays["t10k-images-idx3-ubyte"]), arrays["t10k-labels-idx1-ubyte"].astype(np.int64)
     if len(x) != len(y) or len(xt) != len(yt):
