@@ -15,7 +15,8 @@ import time
 import torch
 from torch import nn, optim
 
-from netfit import ImageClassifierData, accuracy, datasets, fit, one_cycle, predict, seed_everything
+from netfit import (Augment, ImageClassifierData, accuracy, datasets, fit, one_cycle, predict, predict_tta,
+                    seed_everything)
 from netfit.models import cnn
 
 
@@ -28,6 +29,8 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bf16/fp16 autocast")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoothing", type=float, default=0.0, help="label smoothing (CrossEntropyLoss on log-probs)")
+    p.add_argument("--tta", type=int, default=0, help="test-time augmentation: this many flipped/shifted copies averaged (the model is trained without them, so expect a loss; kept to show it)")
     args = p.parse_args()
     (x, y), (xv, yv), (xt, yt) = datasets.fashion_mnist()
     mean, std = x.mean(), x.std()
@@ -41,13 +44,18 @@ def main():
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    h = fit(net, md, args.epochs, opt, nn.NLLLoss(), [accuracy], schedule=one_cycle(args.lr), amp=args.amp,
-            verbose=False)
+    # CrossEntropyLoss on log-probabilities equals NLLLoss (log_softmax of log-probs changes nothing)
+    # and adds label smoothing
+    crit = nn.CrossEntropyLoss(label_smoothing=args.smoothing) if args.smoothing else nn.NLLLoss()
+    h = fit(net, md, args.epochs, opt, crit, [accuracy], schedule=one_cycle(args.lr), amp=args.amp, verbose=False)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start  # includes the per-epoch validation passes
     result = {"train_seconds": round(seconds, 2), "val_accuracy": round(h[-1]["accuracy"], 4),
               "test_accuracy": round(accuracy(predict(net, md.test_dl), yt), 4), **vars(args),
+              "test_accuracy_tta": (round(accuracy(predict_tta(net, md.test_dl, n=args.tta,
+                                                               augment=Augment(pad=1, rotate=0, flip=True)), yt), 4)
+                                    if args.tta else None),
               "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "torch": torch.__version__}

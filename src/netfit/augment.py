@@ -117,6 +117,10 @@ class _TTA(nn.Module):
 def predict_tta(model, dl, n=4, augment=None):
     """Test-time augmentation: class probabilities averaged over each input and `n` warped copies.
 
+    Use the augmentation the model was trained with: warps it never saw lower accuracy (flipped
+    copies took a CNN trained without flips from 0.846 to 0.790 on Fashion-MNIST, whose shoes all
+    face left).
+
     Args:
         model: a classifier giving logits or log-probabilities (softmax turns either into probabilities).
         dl: a loader or array, as for `predict`. augment: an `Augment` (default `Augment()`).
