@@ -51,3 +51,18 @@ def fashion():
     if not FASHION_SYSTEM.is_dir():
         pytest.skip("dataset-fashion-mnist is not installed")
     return datasets.fashion_mnist(system_dirs=[FASHION_SYSTEM], cache=os.devnull + "/none", download=False)
+
+
+@pytest.fixture
+def stop_at():
+    """`stop_at(k)`: a callback that ends fit (CancelFit) once the optimizer has taken k steps."""
+    from netfit import CancelFit
+
+    class StopAt:
+        def __init__(self, step):
+            self.step = step
+
+        def after_batch(self, run):
+            if run.step == self.step:
+                raise CancelFit()
+    return StopAt

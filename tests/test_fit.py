@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn, optim
 
-from netfit import (EVENTS, CancelBatch, CancelEpoch, CancelFit, FitError, ImageClassifierData, accuracy, fit,
+from netfit import (EVENTS, CancelBatch, CancelEpoch, FitError, ImageClassifierData, accuracy, fit,
                     predict, predict_with_targs, set_lrs)
 
 
@@ -93,16 +93,9 @@ def test_events_fire_in_order(md):
     assert calls[1:7] == ["before_epoch", "before_batch", "after_loss", "after_backward", "before_step", "after_batch"]
 
 
-def test_cancel_fit_and_epoch_and_batch(md):
-    class StopAt:
-        def __init__(self, step):
-            self.step = step
-
-        def after_batch(self, run):
-            if run.step == self.step:
-                raise CancelFit()
+def test_cancel_fit_and_epoch_and_batch(md, stop_at):
     net = logreg()
-    h = fit(net, md, 5, optim.SGD(net.parameters(), 0.1), nn.NLLLoss(), callbacks=[StopAt(3)], verbose=False)
+    h = fit(net, md, 5, optim.SGD(net.parameters(), 0.1), nn.NLLLoss(), callbacks=[stop_at(3)], verbose=False)
     assert len(h) == 0
 
     class SkipEpoch:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn, optim
 
-from netfit import (CancelFit, ImageClassifierData, accuracy, cosine, fit, fit_one_cycle, lr_find, one_cycle,
+from netfit import (ImageClassifierData, accuracy, cosine, fit, fit_one_cycle, lr_find, one_cycle,
                     param_groups, plot_lr_find, set_lrs, step_decay)
 from netfit.models import mlp
 
@@ -111,26 +111,17 @@ def test_set_lrs_and_param_groups_give_the_peaks(md):
         fit(m, md, 1, opt, schedule=one_cycle([1e-3, 1e-2, 1e-1]), verbose=False)
 
 
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def after_batch(self, run):
-        if run.step == self.step:
-            raise CancelFit()
-
-
-def test_schedule_survives_resume(md, tmp_path):
+def test_schedule_survives_resume(md, tmp_path, stop_at):
     m = net()
     full = fit(m, md, 2, optim.Adam(m.parameters()), schedule=one_cycle(1e-2), verbose=False, seed=0)
     m = net()
     opt = optim.Adam(m.parameters())
     ckpt = tmp_path / "ckpt"
-    fit(m, md, 2, opt, callbacks=[StopAt(21)], schedule=one_cycle(1e-2), checkpoint=ckpt, checkpoint_every=5,
+    fit(m, md, 2, opt, callbacks=[stop_at(21)], schedule=one_cycle(1e-2), checkpoint=ckpt, checkpoint_every=5,
         verbose=False, seed=0)
     m = net()
     # checkpoints match callbacks by position: the same list, with a stop that never comes
-    resumed = fit(m, md, 2, optim.Adam(m.parameters()), callbacks=[StopAt(-1)], schedule=one_cycle(1e-2),
+    resumed = fit(m, md, 2, optim.Adam(m.parameters()), callbacks=[stop_at(-1)], schedule=one_cycle(1e-2),
                   checkpoint=ckpt, resume=True, verbose=False, seed=0)
     assert resumed.info["resumed_from"]["step"] == 20
     assert resumed.info["lrs"] == full.info["lrs"] and resumed.info["moms"] == full.info["moms"]
@@ -142,13 +133,13 @@ def test_fit_one_cycle_trains_and_records(md):
     assert h[-1]["accuracy"] > 0.9 and len(h.info["lrs"]) == 2 * len(md.trn_dl)
 
 
-def test_lr_find_suggests_a_sensible_rate_and_restores_everything(fashion_small, tmp_path):
+def test_lr_find_suggests_a_sensible_rate_and_restores_everything(fashion_small, tmp_path, stop_at):
     trn, val = fashion_small
     md = ImageClassifierData.from_arrays(".", trn, val, bs=64, device="cpu")
     torch.manual_seed(0)
     model = mlp()
     opt = optim.Adam(model.parameters(), 1e-3)
-    fit(model, md, 1, opt, callbacks=[StopAt(3)], verbose=False)  # moments and step counts to restore
+    fit(model, md, 1, opt, callbacks=[stop_at(3)], verbose=False)  # moments and step counts to restore
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     state = opt.state_dict()
     moments = {i: {k: v.clone() for k, v in s.items()} for i, s in state["state"].items()}

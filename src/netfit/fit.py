@@ -416,11 +416,7 @@ def _finite(run, losses):
 
 def _loss_sums(mean, device):
     """`(sum of value * rows, rows)` of a Mean over all ranks, as a tensor of 2 (every rank must call)."""
-    if not mean.counts:  # still take part in the all-reduce
-        return dist_all_reduce_sum(torch.zeros(2, device=device))
-    values = torch.stack([v.float().reshape(()).to(device) for v in mean.values])
-    counts = torch.tensor(mean.counts, dtype=values.dtype, device=device)
-    return dist_all_reduce_sum(torch.stack([(values * counts).sum(), counts.sum()]))
+    return dist_all_reduce_sum(mean.sums(device))
 
 
 def _reduced_mean(mean, device):

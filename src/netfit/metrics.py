@@ -64,10 +64,16 @@ class Mean:
         self.values.append(value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value)))
         self.counts.append(n)
 
+    def sums(self, device=None):
+        """`(sum of value * n, sum of n)` as one tensor of 2 on `device` (zeros before any update)."""
+        device = device if device is not None else (self.values[0].device if self.values else "cpu")
+        if not self.counts:
+            return torch.zeros(2, device=device)
+        values = torch.stack([v.float().reshape(()).to(device) for v in self.values])
+        counts = torch.tensor(self.counts, dtype=values.dtype, device=device)
+        return torch.stack([(values * counts).sum(), counts.sum()])
+
     @property
     def value(self):
-        if not self.counts:
-            return float("nan")
-        values = torch.stack([v.float().reshape(()).to(self.values[0].device) for v in self.values])
-        counts = torch.tensor(self.counts, dtype=values.dtype, device=values.device)
-        return ((values * counts).sum() / counts.sum()).item()
+        total, n = self.sums().tolist()
+        return total / n if n else float("nan")
