@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU and PyTorch already installed: the GPU-marked tests, then the GPU
-# benchmark, in a few minutes; the benchmark's table is printed last.
-#   bash bench/gpu_check.sh            (from the repository root)
+# On a machine with an NVIDIA GPU and PyTorch already installed: the GPU tests, the GPU benchmark
+# and the GPU time-to-accuracy run, in a few minutes; short tables are printed last.
+#   bash bench/gpu_check.sh                 (from the repository root; results under $OUT or bench/results)
+# Fashion-MNIST is read from $NETFIT_DATA/fashion-mnist/ (data/gpu/ here when present), else the
+# system folder, else downloaded.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" || exit 1
-python -m pip install -q --no-deps -e . 2>/dev/null || export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
-python -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
-python bench/bench_fit.py --device cuda --contenders netfit,dataloader,slicing --models logreg,mlp --epochs 3
+OUT="${OUT:-bench/results}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
+[ -d data/gpu/fashion-mnist ] && export NETFIT_DATA="$PWD/data/gpu"
+python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" || exit 1
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
+start=$(date +%s)
+python3 -m pytest -q -p no:cacheprovider -x tests/test_gpu.py tests/test_graphs.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+echo "tests: $(( $(date +%s) - start )) s"
+python3 bench/time_to_accuracy.py --gpu-recipe --seeds "${TTA_SEEDS:-0}" ${TTA_GRID:+--grid "$TTA_GRID"} \
+    --out "$OUT/time_to_accuracy_gpu.json" 2>&1 | tee "$OUT/time_to_accuracy_gpu.log" | tail -12
+echo "tests + time to accuracy: $(( $(date +%s) - start )) s"
+python3 bench/bench_fit.py --device cuda --contenders "${CONTENDERS:-netfit,dataloader,slicing}" \
+    --models "${MODELS:-logreg,mlp}" --epochs "${EPOCHS:-3}" --repeats "${REPEATS:-1}" --out "$OUT/bench" 2>&1 \
+    | tee "$OUT/bench_gpu.log" | tail -14
+for f in "$OUT"/bench/*; do mv "$f" "$OUT/$(basename "$f" | tr -c 'A-Za-z0-9._\n-' '_')"; done  # plain names
+rmdir "$OUT/bench" 2>/dev/null
+echo "all: $(( $(date +%s) - start )) s"

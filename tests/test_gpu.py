@@ -78,3 +78,99 @@ def test_out_of_range_label_is_a_clear_error_not_a_device_assert():
     net = logreg().cuda()  # but 10 outputs
     with pytest.raises(DataError, match=r"\[0, 10\)"):
         fit(net, md, 1, verbose=False)
+
+
+# ---- the CUDA-graph path (graphs.py): same training as the eager loop, fallbacks that say why
+
+def _fit(make, graph, monkeypatch, epochs=2, n=1000, bs=64, opt=optim.Adam, lr=1e-2, **kw):
+    import netfit.fit as fit_module
+    from netfit.graphs import graph_plan
+    monkeypatch.setattr(fit_module, "graph_plan", graph_plan if graph else (lambda *a: "forced eager (test)"))
+    x, y = small(n + 512)
+    md = ImageClassifierData.from_arrays(".", (x[:n], y[:n]), (x[n:], y[n:]), bs=bs, device="cuda")
+    torch.manual_seed(0)
+    net = make().cuda()
+    h = fit(net, md, epochs, opt(net.parameters(), lr), nn.NLLLoss(), [accuracy], verbose=False, seed=3, **kw)
+    return net, h
+
+
+@pytest.mark.parametrize("make,opt", [(logreg, optim.Adam), (mlp, optim.SGD), (mlp, optim.AdamW)])
+def test_graphed_fit_matches_the_eager_loop(make, opt, monkeypatch):
+    # 1000 rows, bs 64: 15 full batches (3 warm-up, 1 capture, 11 replays) and a short last one of 40
+    eager, he = _fit(make, False, monkeypatch, opt=opt)
+    graphed, hg = _fit(make, True, monkeypatch, opt=opt)
+    assert hg.info["step"] == "cuda graph", hg.info
+    assert he.info["step"].startswith("eager")
+    for a, b in zip(eager.state_dict().values(), graphed.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(hg["trn_loss"], he["trn_loss"], rtol=1e-4)
+    assert abs(hg[-1]["accuracy"] - he[-1]["accuracy"]) <= 0.005
+    assert all(isinstance(r["lr"], float) for r in hg.records)
+
+
+def test_graphed_cnn_with_bf16_and_augmentation_trains(monkeypatch):
+    from netfit import Augment
+    accs = {}
+    for graph in (False, True):
+        net, h = _fit(cnn, graph, monkeypatch, epochs=3, n=3072, amp=True, lr=3e-3,
+                      callbacks=[Augment(pad=1, rotate=0)])
+        accs[graph] = h[-1]["accuracy"]
+    assert h.info["step"] == "cuda graph" and h.info["amp"] == "bfloat16"
+    assert abs(accs[True] - accs[False]) <= 0.05, accs
+
+
+def test_graphed_schedule_sets_the_same_rates(monkeypatch):
+    from netfit import one_cycle
+    runs = {}
+    for graph in (False, True):
+        sched = one_cycle(1e-2, moms=None)
+        net, h = _fit(logreg, graph, monkeypatch, schedule=sched)
+        runs[graph] = (net, list(sched.used_lrs), h)
+    assert runs[True][2].info["step"] == "cuda graph"
+    assert runs[True][1] == runs[False][1] and len(runs[True][1]) == 32
+    for a, b in zip(runs[False][0].parameters(), runs[True][0].parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_momentum_schedule_falls_back_to_eager_and_says_so(monkeypatch):
+    from netfit import one_cycle
+    net, h = _fit(logreg, True, monkeypatch, schedule=one_cycle(1e-2))
+    assert h.info["step"].startswith("eager: a callback changes momentum"), h.info
+    assert np.isfinite(h["trn_loss"]).all() and h[-1]["accuracy"] > 0.5
+
+
+def test_a_model_that_cannot_be_captured_trains_eagerly(monkeypatch):
+    class Syncs(nn.Module):  # reads a value back to the host each forward: not capturable
+        def __init__(self):
+            super().__init__()
+            self.net = logreg()
+
+        def forward(self, x):
+            return self.net(x) * (1.0 if float(x.abs().sum()) >= 0 else 0.0)
+    net, h = _fit(Syncs, True, monkeypatch)
+    assert h.info["step"].startswith("eager: capture failed"), h.info
+    assert np.isfinite(h["trn_loss"]).all() and h[-1]["accuracy"] > 0.5
+    assert torch.cuda.is_available() and float(torch.ones(1, device="cuda").sum()) == 1.0  # CUDA still fine
+
+
+def test_graphed_batches_and_results_live_on_the_gpu(monkeypatch):
+    seen = []
+
+    class Where:
+        def after_batch(self, run):
+            seen.append((run.xb.device.type, run.yb.device.type, run.loss.device.type, len(run.yb)))
+    net, h = _fit(mlp, True, monkeypatch, epochs=1, callbacks=[Where()])
+    assert h.info["step"] == "cuda graph"
+    assert {s[:3] for s in seen} == {("cuda", "cuda", "cuda")} and [s[3] for s in seen][-2:] == [64, 40]
+
+
+def test_graphed_checkpoint_resumes_on_the_cpu(tmp_path, monkeypatch):
+    ck = tmp_path / "ck.pt"
+    net, h = _fit(mlp, True, monkeypatch, epochs=1, checkpoint=ck)
+    assert h.info["step"] == "cuda graph"
+    x, y = small(1512)
+    md = ImageClassifierData.from_arrays(".", (x[:1000], y[:1000]), (x[1000:], y[1000:]), bs=64, device="cpu")
+    cpu_net = mlp()
+    h2 = fit(cpu_net, md, 2, optim.Adam(cpu_net.parameters(), 1e-2), nn.NLLLoss(), [accuracy],
+             checkpoint=ck, resume=True, verbose=False)
+    assert len(h2) == 2 and h2.info["resumed_from"]["epoch"] == 1 and np.isfinite(h2["trn_loss"]).all()

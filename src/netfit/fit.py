@@ -30,6 +30,7 @@ from .distributed import rank as dist_rank
 from .distributed import setup as dist_setup
 from .distributed import shared_seed as dist_shared_seed
 from .distributed import world as dist_world
+from .graphs import GraphedStep, graph_plan
 from .history import History, _metric_name, _Progress, _table_header, _table_row
 from .metrics import Mean
 
@@ -234,8 +235,14 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         if resume_at is not None:
             start_epoch = resume_at["epoch"]
     history.info["seed"] = run.seed
+    why_not = graph_plan(run, trn_dl, callbacks, fast)
+    graphed = None if why_not else GraphedStep(model, opt, crit, trn_dl, run.amp_dtype, device.type == "cuda")
+    history.info["step"] = (f"eager: {why_not}" if why_not else
+                            "cuda graph" if device.type == "cuda" else "static buffers, no capture (CPU)")
     keys = ["epoch", "trn_loss"] + (["val_loss"] + [_metric_name(m) for m in metrics] if val_dl is not None else []) + ["time"]
     progress = _Progress(verbose and rank == 0, _n_batches(trn_dl, rank, world))
+    if verbose and verbose > 1 and rank == 0:
+        progress.write(f"training step: {history.info['step']}; optimizer: {history.info['optimizer']}")
     progress.write(_table_header(keys))
     for r in history.records:
         progress.write(_table_row(r, keys) + "  (from checkpoint)")
@@ -250,7 +257,13 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
             progress.start_epoch(_n_batches(trn_dl, rank, world), f"epoch {epoch}")
             try:
                 emit("before_epoch")
-                run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress, resume_at)
+                if graphed is not None and (resume_at is None or resume_at["batch"] == 0):
+                    run.record["trn_loss"] = _train_epoch_graphed(run, trn_dl, emit, progress, graphed)
+                    if graphed.why_not:  # the graph gave up: the rest of the fit runs eagerly
+                        history.info["step"] = f"eager: {graphed.why_not} (graphed until epoch {epoch})"
+                        graphed = None
+                else:
+                    run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress, resume_at)
             except CancelEpoch:
                 run.record.setdefault("trn_loss", float("nan"))
             resume_at = None
@@ -267,6 +280,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     except CancelFit:
         pass
     finally:
+        if graphed is not None:
+            graphed.end_epoch()  # plain float rates back in the param groups, even after an error
         progress.close()
         if deterministic and not was_deterministic:
             torch.use_deterministic_algorithms(False)
@@ -286,12 +301,16 @@ def _amp_dtype(amp, device):
     return "bfloat16" if device.type == "cpu" else "float16"
 
 
-def _train_epoch(run, dl, emit, progress, resume_at=None):
-    """One pass over the training batches; returns the mean training loss (one host read)."""
+def _train_epoch(run, dl, emit, progress, resume_at=None, rest=None):
+    """One pass over the training batches; returns the mean training loss (one host read).
+
+    `rest=(order, first, losses)` finishes an epoch the graphed loop began, from batch `first`."""
     model, opt, crit, k = run.train_model, run.opt, run.crit, run.accumulate
     run.model.train()
     losses = Mean()
-    if resume_at is not None and resume_at["batch"] > 0:  # mid-epoch: same order, same RNG, next batch
+    if rest is not None:
+        order, first, losses = rest
+    elif resume_at is not None and resume_at["batch"] > 0:  # mid-epoch: same order, same RNG, next batch
         order, first = resume_at["order"], resume_at["batch"]
         if order is not None:
             order = order.to(run.device)
@@ -377,6 +396,62 @@ def _train_epoch(run, dl, emit, progress, resume_at=None):
         dist_broadcast_buffers(run.model)  # BatchNorm statistics as rank 0 has them, for validation and saving
         return _reduced_mean(losses, run.device)
     return losses.value
+
+
+def _train_epoch_graphed(run, dl, emit, progress, gs):
+    """`_train_epoch` through a `GraphedStep` (see graphs.py): the same batches in the same order,
+    the same events around each step, one host read per 32 steps (the non-finite check)."""
+    run.model.train()
+    order = dl.order(None if run.seed is None else run.seed + run.epoch)
+    run.n_batches = n = dl.n_batches()
+    gs.start_epoch()
+    pending, rows_done = 0, 0
+    try:
+        for i in range(n):
+            run.batch, rows = i, dl.rows(i)
+            try:
+                if rows == gs.bs:
+                    gs.load(order, i)
+                    run.xb, run.yb = gs.x, gs.y
+                    emit("before_batch")
+                    emit("before_step")  # only graph-safe handlers (graph_plan): host state, rates
+                    if not gs.step(run.xb):
+                        gs.end_epoch()
+                        losses = Mean()
+                        if rows_done:
+                            losses.update(gs.total / rows_done, rows_done)
+                        return _train_epoch(run, dl, emit, progress, rest=(order, i, losses))
+                else:  # the short last batch, eagerly through the same model and optimizer
+                    j = order[i * gs.bs:] if order is not None else slice(i * gs.bs, None)
+                    run.xb, run.yb = dl.x[j], dl.y[j]
+                    emit("before_batch")
+                    emit("before_step")
+                    gs.eager(run.xb, run.yb)
+                run.preds, run.loss = gs.preds, gs.loss
+                rows_done += rows
+                run.step += 1
+                if (i + 1) % 32 == 0 or i + 1 == n:
+                    _check_graphed(run, gs)
+                emit("after_batch")
+            except CancelBatch:
+                pass
+            pending += 1
+            if pending == 16:
+                progress.update(pending)
+                pending = 0
+    finally:
+        gs.end_epoch()
+    progress.update(pending)
+    return gs.total.item() / rows_done if rows_done else float("nan")
+
+
+def _check_graphed(run, gs):
+    """Raise NonFiniteLossError if a loss in the graphed steps so far was NaN/inf (one host read)."""
+    if gs.bad.item():
+        where = f"epoch {run.epoch}, within the 32 batches up to batch {run.batch}"
+        raise NonFiniteLossError(f"training loss became non-finite at {where}; stopped there"
+                                 + (f", the last good checkpoint is {run.checkpoint}" if run.checkpoint else "")
+                                 + ". Try a lower learning rate, or check the inputs for NaN/inf.")
 
 
 def _in_lockstep(batches, dl, first, world):

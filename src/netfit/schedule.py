@@ -58,6 +58,8 @@ class Schedule(Callback):
         [1, 0.5, 0]
     """
 
+    graph_safe = True  # its per-step handlers touch only rates and host lists (see graphs.py)
+
     def __init__(self, lr_fn, lrs=None, mom_fn=None):
         self.lr_fn, self.lrs, self.mom_fn = lr_fn, lrs, mom_fn
         self.used_lrs, self.used_moms, self.total = [], [], None

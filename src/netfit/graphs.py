@@ -1,0 +1,238 @@
+"""CUDA-graph training: `fit`'s whole training step captured once and replayed, on a GPU.
+
+A small model's epoch on a GPU is bound by launches, not arithmetic: the lesson's logistic
+regression runs ~15 kernels per step, each a few microseconds of work behind ~5-10 µs of Python and
+driver overhead. `GraphedStep` records forward, loss, backward and the optimizer update into one
+`torch.cuda.CUDAGraph` and replays it per batch; the batch is gathered into static buffers from the
+data already on the GPU, and the loss sum and a non-finite flag are accumulated on the device, so
+the host reads nothing inside an epoch except the NaN flag every 32 steps.
+
+`graph_plan` says whether `fit` may take this path and, if not, why (`history.info["step"]`):
+only the per-batch events that can run around a replay are allowed (`before_batch` and
+`after_batch` for any callback; `before_step` for callbacks marked `graph_safe = True`, which touch
+only host state and optimizer hyperparameters), and only a stock Adam, AdamW or SGD on its fused
+kernel. The last partial batch, the warm-up steps before capture and any epoch resumed mid-way run
+eagerly through the same model and optimizer.
+
+Learning rates live in device tensors while an epoch is graphed (the captured kernels read them
+there), so `set_lrs` and schedules keep working: a float written into a param group is copied into
+its tensor before the next replay. A change of any other hyperparameter (momentum, betas, weight
+decay) after capture means a recapture; a callback that changes one every step ends the graph and
+the rest of the fit runs eagerly (e.g. `one_cycle` with `moms`; pass `moms=None` to keep the graph).
+"""
+import contextlib
+
+import torch
+
+__all__ = ["GraphedStep", "graph_plan", "GRAPH_EVENTS"]
+
+GRAPH_EVENTS = ("before_batch", "after_batch")  # per-batch events any callback may have on the graph path
+_HYPER = ("betas", "momentum", "weight_decay", "eps", "dampening", "nesterov", "amsgrad", "maximize")
+_STATIC_ON_CPU = False  # tests set this: the same static-buffer path without capture, on the CPU
+WARMUP = 3              # eager steps before capture (lazy state: optimizer moments, cuBLAS workspaces)
+MAX_RECAPTURES = 3
+
+
+def graph_plan(run, dl, callbacks, fast):
+    """None when `fit` may graph the training step, else the reason it runs eagerly (a short phrase).
+
+    Example:
+        >>> from torch import nn
+        >>> from netfit.fit import Run
+        >>> from netfit.history import History
+        >>> net = nn.Linear(2, 2); opt = torch.optim.SGD(net.parameters(), 0.1)
+        >>> run = Run(net, None, opt, nn.CrossEntropyLoss(), [], 1, History(), torch.device("cpu"))
+        >>> graph_plan(run, None, [], fast=True)
+        'not on a GPU'
+    """
+    if not fast:
+        return "fast=False"
+    if run.device.type != "cuda" and not (_STATIC_ON_CPU and run.device.type == "cpu"):
+        return "not on a GPU"
+    if run.world > 1:
+        return "distributed (DDP) training"
+    if run.accumulate > 1:
+        return "gradient accumulation"
+    if run.scaler is not None:
+        return "float16 autocast with a gradient scaler (use bfloat16)"
+    if run.on_nan != "raise":
+        return f"on_nan={run.on_nan!r} (skipping a step needs a host check per step)"
+    if run.checkpoint_every:
+        return "checkpoint_every (mid-epoch saves)"
+    if not all(hasattr(dl, a) for a in ("x", "y", "bs", "order", "rows")) or dl.y is None:
+        return f"the training data is a {type(dl).__name__}, not an ArrayLoader over tensors"
+    if dl.x.device != run.device:
+        return f"the training tensors are on {dl.x.device}, the model on {run.device}"
+    groups = run.opt.param_groups
+    if type(run.opt).__name__ not in ("Adam", "AdamW", "SGD") or not all(g.get("fused") for g in groups):
+        return f"{type(run.opt).__name__} is not a stock Adam, AdamW or SGD on its fused kernel"
+    for cb in callbacks:
+        for event in ("after_loss", "after_backward", "before_step"):
+            if callable(getattr(cb, event, None)) and not (event == "before_step" and getattr(cb, "graph_safe", False)):
+                return f"callback {type(cb).__name__} handles {event}, which a captured step cannot call"
+    return None
+
+
+class GraphedStep:
+    """The training step over static buffers: eager for `WARMUP` steps, then captured and replayed.
+
+    `load(order, i)` gathers full batch i into `x`/`y`; `step()` trains on them; `eager(xb, yb)`
+    trains on any other batch (the short last one). `total` sums loss x rows and `bad` counts
+    non-finite losses, both on the device. With `capture=False` (the CPU) every step is eager.
+
+    Example (CPU, no capture):
+        >>> from torch import nn
+        >>> from netfit.data import ArrayLoader
+        >>> dl = ArrayLoader(torch.randn(10, 3), torch.arange(10) % 2, bs=4)
+        >>> net = nn.Linear(3, 2); opt = torch.optim.SGD(net.parameters(), 0.1, fused=True)
+        >>> gs = GraphedStep(net, opt, nn.CrossEntropyLoss(), dl, None, capture=False)
+        >>> gs.load(None, 0); gs.step(), gs.loss.shape
+        (True, torch.Size([]))
+    """
+
+    def __init__(self, model, opt, crit, dl, amp_dtype, capture=True):
+        self.model, self.opt, self.crit, self.capture = model, opt, crit, capture
+        self.dl, self.bs, device = dl, dl.bs, dl.x.device
+        self.x = torch.empty((dl.bs, *dl.x.shape[1:]), dtype=dl.x.dtype, device=device)
+        self.y = torch.empty((dl.bs, *dl.y.shape[1:]), dtype=dl.y.dtype, device=device)
+        self.total = torch.zeros((), device=device)              # sum of loss * rows this epoch
+        self.bad = torch.zeros((), dtype=torch.int32, device=device)  # non-finite losses this epoch
+        self.autocast = (torch.autocast(device.type, dtype=getattr(torch, amp_dtype), cache_enabled=False)
+                         if amp_dtype else contextlib.nullcontext())
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.lrs = [torch.tensor(float(g["lr"]), device=device) for g in opt.param_groups] if capture else None
+        self.graph, self.warm, self.recaptures, self.preds, self.loss = None, 0, 0, None, None
+        self.hyper, self.why_not = None, None
+
+    # ---- one epoch's bookkeeping
+    def start_epoch(self):
+        self.total.zero_()
+        self.bad.zero_()
+        if self.capture:  # the captured kernels read the rates from these tensors
+            for g, t in zip(self.opt.param_groups, self.lrs):
+                t.fill_(float(g["lr"]))
+                g["lr"] = t
+
+    def end_epoch(self):
+        """Put plain floats back in the param groups (what checkpoints, the history and users see)."""
+        if self.capture:
+            for g, t in zip(self.opt.param_groups, self.lrs):
+                if g["lr"] is t:
+                    g["lr"] = float(t)
+        for p in self.params:  # as after an eager epoch; the graph keeps its own gradient buffers
+            p.grad = None
+
+    def load(self, order, i):
+        """Gather full batch i of this epoch's `order` (None: rows in order) into the static buffers."""
+        bs = self.bs
+        idx = order[i * bs:(i + 1) * bs] if order is not None else None
+        if idx is None:
+            self.x.copy_(self.dl.x[i * bs:(i + 1) * bs])
+            self.y.copy_(self.dl.y[i * bs:(i + 1) * bs])
+        else:
+            torch.index_select(self.dl.x, 0, idx, out=self.x)
+            torch.index_select(self.dl.y, 0, idx, out=self.y)
+
+    # ---- the step
+    def _forward_backward_step(self, xb, yb, rows):
+        with self.autocast:
+            preds = self.model(xb)
+            loss = self.crit(preds, yb)
+        loss.backward()
+        self.opt.step()
+        loss = loss.detach()
+        self.total.add_(loss.float(), alpha=rows)
+        self.bad.add_((~torch.isfinite(loss)).int())
+        return preds, loss
+
+    def _sync_hyper(self):
+        """Copy rates written as floats into the device tensors; True if another hyperparameter changed."""
+        if self.capture:
+            for g, t in zip(self.opt.param_groups, self.lrs):
+                if g["lr"] is not t:
+                    t.fill_(float(g["lr"]))
+                    g["lr"] = t
+        hyper = [tuple(g.get(k) for k in _HYPER) for g in self.opt.param_groups]
+        changed = self.hyper is not None and hyper != self.hyper
+        self.hyper = hyper
+        if changed and self.graph is not None:  # baked into the captured kernels: capture again
+            self.graph, self.recaptures = None, self.recaptures + 1
+        return changed
+
+    def step(self, xb=None):
+        """Train on the static batch (`xb`, if a callback replaced it, is copied in first).
+
+        Returns True when it trained the batch; False when the graph cannot go on (the capture
+        failed, or a callback keeps changing hyperparameters other than the rate): then `why_not`
+        says why, nothing was trained, and the caller goes on eagerly.
+        """
+        if xb is not None and xb is not self.x:
+            self.x.copy_(xb)
+        self._sync_hyper()
+        if self.recaptures > MAX_RECAPTURES:
+            self.why_not = "a callback changes momentum or other hyperparameters every step"
+            return False
+        if self.graph is None and self.warm >= WARMUP:
+            try:
+                self._capture()
+            except Exception as e:  # e.g. a model that reads a value back to the host
+                for p in self.params:
+                    p.grad = None
+                self.why_not = f"capture failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                return False
+            return True
+        if self.graph is None:  # warm-up, on a side stream as CUDA graph capture asks
+            side = torch.cuda.Stream() if self.capture else None
+            if side is not None:
+                side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for p in self.params:
+                    p.grad = None
+                self.preds, self.loss = self._forward_backward_step(self.x, self.y, self.bs)
+            if side is not None:
+                torch.cuda.current_stream().wait_stream(side)
+            self.warm += 1
+        elif self.capture:
+            self.graph.replay()
+        else:
+            self._static_step()
+        return True
+
+    def _static_step(self):
+        """The CPU stand-in for a replay: the same step, eagerly, over the same buffers."""
+        for p in self.params:
+            p.grad = None
+        self.preds, self.loss = self._forward_backward_step(self.x, self.y, self.bs)
+
+    def _capture(self):
+        if not self.capture:
+            self.graph = "no capture on the CPU"
+            self._static_step()
+            return
+        for p in self.params:
+            p.grad = None  # backward inside the graph allocates the gradients it then reuses
+        groups = self.opt.param_groups
+        capturable = [g.get("capturable") for g in groups]
+        for g in groups:
+            if "capturable" in g:
+                g["capturable"] = True  # Adam refuses capture otherwise; the fused kernel is the same
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.preds, self.loss = self._forward_backward_step(self.x, self.y, self.bs)
+        finally:
+            for g, c in zip(groups, capturable):
+                if c is not None:
+                    g["capturable"] = c
+        self.graph = graph
+        self.graph.replay()  # capture records the step without running it
+
+    def eager(self, xb, yb):
+        """One eager step on a batch outside the static buffers (the short last batch)."""
+        self._sync_hyper()
+        kept = [p.grad for p in self.params]
+        for p in self.params:
+            p.grad = None
+        self.preds, self.loss = self._forward_backward_step(xb, yb, len(yb))
+        for p, g in zip(self.params, kept):
+            p.grad = g
