@@ -91,3 +91,27 @@ def test_predict_tta_shape_order_and_probabilities(digits_md):
     still = predict_tta(net, digits_md.val_dl, n=3, augment=Augment(pad=0, rotate=0))  # identity warps
     np.testing.assert_allclose(still, tta0, rtol=1e-4, atol=1e-6)
     assert net.training  # predict_tta leaves the mode as it was
+
+
+def test_random_shift_moves_each_image_by_whole_pixels_within_pad():
+    from netfit import RandomShift
+    torch.manual_seed(0)
+    x = torch.rand(64, 2, 6, 7)
+    out = RandomShift(2)(x)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    offsets = set()
+    for k in range(len(x)):  # each image is exactly one crop of its padded self
+        hits = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(out[k], padded[k, :, dy:dy + 6, dx:dx + 7])]
+        assert hits, k
+        offsets.update(hits)
+    assert len(offsets) > 10  # the offsets vary from image to image
+
+
+def test_random_shift_keeps_shapes_and_is_the_identity_in_eval():
+    from netfit import RandomShift
+    layer = RandomShift(1)
+    for x in (torch.rand(5, 784), torch.rand(5, 28, 28), torch.rand(5, 3, 8, 8)):
+        assert layer.train()(x).shape == x.shape
+        assert layer.eval()(x) is x
+    with pytest.raises(ValueError, match="pad must be a non-negative integer"):
+        RandomShift(-1)

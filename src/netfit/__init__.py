@@ -13,7 +13,7 @@ from .history import History
 from .metrics import accuracy, error_rate
 from .predict import predict, predict_with_targs
 from .plots import plot_confusion, plot_history, plot_lr_find, plot_top_losses, plots, show
-from .augment import Augment, predict_tta
+from .augment import Augment, RandomShift, predict_tta
 from .callbacks import CSVLogger, EarlyStopping, GradientClip, SaveBest, TensorBoard
 from .learner import Learner
 from .schedule import LRFinderResult, Schedule, cosine, fit_one_cycle, lr_find, one_cycle, param_groups, step_decay
@@ -36,5 +36,5 @@ __all__ = ["datasets", "scratch", "ImageClassifierData", "ArrayLoader", "default
            "DataError", "FitError", "NonFiniteLossError", "CheckpointError", "load", "Predictor", "ExportError",
            "lr_find", "LRFinderResult", "plot_lr_find", "Schedule", "one_cycle", "cosine", "step_decay",
            "fit_one_cycle", "param_groups", "EarlyStopping", "SaveBest", "GradientClip", "CSVLogger",
-           "TensorBoard", "Augment", "predict_tta", "Learner", "seed_everything",
+           "TensorBoard", "Augment", "RandomShift", "predict_tta", "Learner", "seed_everything",
            "__version__"]

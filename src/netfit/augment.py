@@ -9,6 +9,13 @@ folds them (and an optional horizontal flip) into one 2x3 matrix per image and w
 single `affine_grid` + `grid_sample` call on the batch's device: no Python per sample. Pixels brought
 in from outside the image repeat the border (`padding_mode="border"`), which for normalised digits
 and clothes is the background. Flips are off by default: a mirrored 2 or 7 is not a digit.
+
+`RandomShift` is the whole-pixel shift alone, as a layer of the model (as Keras puts its random
+translation layers in the model): it works in training mode only, and being part of the forward
+pass it is captured with the rest of the step in `fit`'s CUDA graph, where a callback's warp runs
+eagerly around each replay.
+
+    net = nn.Sequential(RandomShift(2), cnn())
 """
 import math
 
@@ -21,7 +28,7 @@ from .data import DataError
 from .fit import Callback
 from .predict import predict
 
-__all__ = ["Augment", "predict_tta"]
+__all__ = ["Augment", "RandomShift", "predict_tta"]
 
 
 class Augment(Callback):
@@ -57,21 +64,7 @@ class Augment(Callback):
         self.shape, self.padding_mode = shape, padding_mode
 
     def _images(self, x):
-        """x as (N, C, H, W)."""
-        if x.ndim == 4:
-            return x
-        if x.ndim == 3:
-            return x[:, None]
-        if x.ndim != 2:
-            raise DataError(f"Augment expects (N, D), (N, H, W) or (N, C, H, W) images; got shape {tuple(x.shape)}")
-        if self.shape is not None:
-            return x.reshape(len(x), *self.shape)
-        d = x.shape[1]
-        for c in (1, 3):
-            side = math.isqrt(d // c)
-            if c * side * side == d:
-                return x.reshape(len(x), c, side, side)
-        raise DataError(f"cannot tell the image shape of rows of {d} values; pass shape=(C, H, W)")
+        return _images(x, self.shape)
 
     def theta(self, n, h, w, device):
         """(n, 2, 3) random affine matrices mapping output to input coordinates in [-1, 1]."""
@@ -81,8 +74,8 @@ class Augment(Callback):
         if self.flip:
             sx = torch.where(torch.rand(n, device=device) < 0.5, -sx, sx)
         # one pixel is 2/w of the [-1, 1] range: whole-pixel shifts sample pixel centres exactly
-        px = torch.randint(-self.pad, self.pad + 1, (n, 2), device=device).float() * torch.tensor(
-            [2 / w, 2 / h], device=device)
+        px = torch.randint(-self.pad, self.pad + 1, (n, 2), device=device).float()
+        px = torch.stack([px[:, 0] * (2 / w), px[:, 1] * (2 / h)], 1)  # no host-to-device copy per batch
         shift = px + (torch.rand(n, 2, device=device) * 2 - 1) * 2 * self.translate
         return torch.stack([torch.stack([cos * sx, -sin, shift[:, 0]], 1),
                             torch.stack([sin * sx, cos, shift[:, 1]], 1)], 1)  # (n, 2, 3)
@@ -97,6 +90,61 @@ class Augment(Callback):
 
     def before_batch(self, run):
         run.xb = self(run.xb)  # labels untouched: every warp keeps the class
+
+
+def _images(x, shape=None):
+    """x as (N, C, H, W): 4-d as it is, (N, H, W) with one channel, flat rows by `shape` or as square
+    1- or 3-channel images."""
+    if x.ndim == 4:
+        return x
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim != 2:
+        raise DataError(f"Augment expects (N, D), (N, H, W) or (N, C, H, W) images; got shape {tuple(x.shape)}")
+    if shape is not None:
+        return x.reshape(len(x), *shape)
+    d = x.shape[1]
+    for c in (1, 3):
+        side = math.isqrt(d // c)
+        if c * side * side == d:
+            return x.reshape(len(x), c, side, side)
+    raise DataError(f"cannot tell the image shape of rows of {d} values; pass shape=(C, H, W)")
+
+
+class RandomShift(nn.Module):
+    """Shift each training image by a random whole number of pixels in [-pad, pad] (both axes);
+    pixels brought in repeat the border. The identity in eval mode.
+
+    A layer rather than a callback, so that `fit` captures it with the step in one CUDA graph.
+
+    Shape:
+        x: (N, D) flat rows of square images, (N, H, W) or (N, C, H, W); the output has x's shape.
+
+    Example:
+        >>> shift = RandomShift(2)
+        >>> shift(torch.rand(8, 784)).shape, torch.equal(shift.eval()(x := torch.rand(3, 784)), x)
+        (torch.Size([8, 784]), True)
+    """
+
+    def __init__(self, pad=2, shape=None):
+        super().__init__()
+        if not (isinstance(pad, int) and pad >= 0):
+            raise ValueError(f"pad must be a non-negative integer (pixels); got {pad!r}")
+        self.pad, self.shape = pad, shape
+
+    def forward(self, x):
+        if not self.training or self.pad == 0:
+            return x
+        imgs = _images(x, self.shape)                                     # (N, C, H, W)
+        n, c, h, w = imgs.shape
+        p, dev = self.pad, x.device
+        padded = F.pad(imgs, (p, p, p, p), mode="replicate")              # (N, C, H+2p, W+2p)
+        off = torch.randint(0, 2 * p + 1, (2, n, 1), device=dev)          # row and column offsets
+        rows = torch.arange(h, device=dev) + off[0]                       # (N, H)
+        cols = torch.arange(w, device=dev) + off[1]                       # (N, W)
+        out = padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                     rows[:, None, :, None], cols[:, None, None, :]]      # (N, C, H, W)
+        return out.reshape(x.shape)
 
 
 class _TTA(nn.Module):
