@@ -1,6 +1,6 @@
 """Time to accuracy: train netfit's CNN on Fashion-MNIST; report training seconds and test accuracy.
 
-    python bench/time_to_accuracy.py                        # CPU: channels 24,48, 3 epochs, bs 128
+    python bench/time_to_accuracy.py --cpu-recipe           # CPU: channels 24,48, 4 epochs, bs 128, bf16
     python bench/time_to_accuracy.py --gpu-recipe           # GPU: several configurations, one process
 
 Each configuration is "channels@epochs" (e.g. "64,128,256@12"); `--grid` takes several, separated
@@ -29,6 +29,7 @@ from netfit.models import cnn
 
 GPU_RECIPE = dict(grid="64,128,256@10;64,128,256@12;64,128,256@14", seeds="0,1", bs=512, lr=4e-3, amp=True,
                   smoothing=0.1, augment="shift", train_on="all", device="cuda", channels_last=True)
+CPU_RECIPE = dict(grid="24,48@4", bs=128, lr=4e-3, amp=True)  # bf16 autocast: ~30% faster on a CPU with avx512_bf16
 AUGMENTS = {"none": None, "shift": None, "flip": dict(pad=2, rotate=0, flip=True)}  # shift: RandomShift layer
 
 
@@ -92,10 +93,11 @@ def main():
     p.add_argument("--train-on", choices=["train", "all"], default="train",
                    help="train: 50,000 rows, validated each epoch; all: 60,000, no validation")
     p.add_argument("--gpu-recipe", action="store_true", help=f"the GPU settings: {GPU_RECIPE}")
+    p.add_argument("--cpu-recipe", action="store_true", help=f"the CPU settings: {CPU_RECIPE}")
     p.add_argument("--out", help="also write the results as JSON here")
     args = p.parse_args()
-    if args.gpu_recipe:
-        for k, v in GPU_RECIPE.items():
+    if args.gpu_recipe or args.cpu_recipe:
+        for k, v in (GPU_RECIPE if args.gpu_recipe else CPU_RECIPE).items():
             setattr(args, k, v)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True

@@ -258,7 +258,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
             try:
                 emit("before_epoch")
                 if graphed is not None and (resume_at is None or resume_at["batch"] == 0):
-                    run.record["trn_loss"] = _train_epoch_graphed(run, trn_dl, emit, progress, graphed)
+                    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+                        run.record["trn_loss"] = _train_epoch_graphed(run, trn_dl, emit, progress, graphed)
                     if graphed.why_not:  # the graph gave up: the rest of the fit runs eagerly
                         history.info["step"] = f"eager: {graphed.why_not} (graphed until epoch {epoch})"
                         graphed = None

@@ -143,7 +143,8 @@ class GraphedStep:
         loss = loss.detach()
         self.total.add_(loss.float(), alpha=rows)
         self.bad.add_((~torch.isfinite(loss)).int())
-        return preds, loss
+        # detached: a kept autograd graph would tie the next step's gradient nodes to this step's stream
+        return preds.detach(), loss
 
     def _sync_hyper(self):
         """Copy rates written as floats into the device tensors; True if another hyperparameter changed."""
