@@ -209,7 +209,8 @@ def train(args):
                      "python": platform.python_version()},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    say(f"validation accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}, {train_seconds:.1f} s training")
+    say(f"validation accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}, {train_seconds:.1f} s training "
+        f"(training step: {history.info['step']})")
     say(f"wrote {out}/: metrics.json, model.safetensors, model.json, predictions.png, history.png")
     return metrics
 

@@ -150,10 +150,13 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
             `LogSoftmax`, else `CrossEntropyLoss`).
         metrics: functions `metric(preds, targs)`, e.g. `[accuracy]`, computed on validation data.
         callbacks: objects with methods named after `EVENTS`.
-        verbose: print the per-epoch table and a progress bar.
+        verbose: print the per-epoch table and a progress bar; `verbose=2` also prints which
+            training step ran (CUDA graph or eager, and why) and which optimizer kernel.
         fast: let fit pick faster kernels with the same maths: a stock Adam, AdamW or SGD left on its
             default implementation runs its fused kernel (one kernel per step instead of ~10 small
-            ops per parameter). `history.info["optimizer"]` says what ran; `fast=False` leaves it be.
+            ops per parameter), and on a GPU the whole step is captured in one CUDA graph and
+            replayed per batch (see graphs.py for what keeps a fit eager). `history.info["optimizer"]`
+            and `history.info["step"]` say what ran; `fast=False` leaves the optimizer be and runs eagerly.
         schedule: a callback that sets rates per step (e.g. `one_cycle(max_lr)`); added to callbacks.
         amp: mixed precision: bf16 autocast where supported, else fp16 with a gradient scaler.
         accumulate: step the optimizer every `accumulate` batches, with the loss divided by it, so k

@@ -144,7 +144,7 @@ class GraphedStep:
         self.total.add_(loss.float(), alpha=rows)
         self.bad.add_((~torch.isfinite(loss)).int())
         # detached: a kept autograd graph would tie the next step's gradient nodes to this step's stream
-        return preds.detach(), loss
+        return (preds.detach() if isinstance(preds, torch.Tensor) else preds), loss
 
     def _sync_hyper(self):
         """Copy rates written as floats into the device tensors; True if another hyperparameter changed."""
