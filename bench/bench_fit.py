@@ -21,7 +21,9 @@ thread pools cannot slow another (the parent runs `bench_fit.py --contender NAME
 Each run trains one warm-up epoch and then `--epochs` timed ones. Only the training pass is timed
 (from the start of an epoch to the end of its last step; on CUDA after a synchronise); the figure
 reported is the median over timed epochs of all repeats, with the fastest epoch beside it. Validation
-accuracy is read after the last epoch. Repeats run the contenders in alternating order (forward, then reversed) so that a noisy
+accuracy is read after the last epoch; repeat r seeds the weights and the shuffling with r, and the
+table gives the median accuracy over repeats with its range (one seed's accuracy moves by about a
+point between contenders that shuffle differently). Repeats run the contenders in alternating order (forward, then reversed) so that a noisy
 neighbour or a warming CPU does not always hit the same one. Results are printed as a markdown table
 and written to bench/results/<machine>-<date>.md and .json.
 """
@@ -44,6 +46,7 @@ PACKAGES = {"lightning": "lightning", "keras": "keras", "skorch": "skorch"}  # c
 MODELS = ("logreg", "mlp", "cnn")
 RESULT_TAG = "BENCH_RESULT "  # the child prints its result as one JSON line after this tag
 QUICK_ROWS = 10_000           # training rows used by --quick
+SEED = 0                      # set per run by the parent: repeat r uses seed r (weights and shuffling)
 
 
 # ---------------------------------------------------------------- the child: one contender, one model
@@ -78,7 +81,7 @@ class EpochClock:
 def torch_model(name, device):
     import torch
     from netfit import models
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)  # the initial weights, and the global generator the shuffles draw from
     return models.get_model(name).to(device)
 
 
@@ -212,7 +215,7 @@ def run_lightning(model, data, epochs, device):
 def keras_model(name):
     import keras
     from keras import layers
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(SEED)
     head = [layers.Dense(10, activation="softmax")]
     if name == "logreg":
         body = []
@@ -282,9 +285,11 @@ RUNNERS = {"netfit": run_netfit, "dataloader": run_dataloader, "slicing": run_sl
 def child(args):
     """Train one contender on one model and print its result after RESULT_TAG."""
     import torch
+    global SEED
+    SEED = args.seed
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = {"contender": args.contender, "model": args.models}
+    result = {"contender": args.contender, "model": args.models, "seed": args.seed}
     package = PACKAGES.get(args.contender)
     try:
         data = load_data(QUICK_ROWS if args.quick else None)
@@ -331,11 +336,11 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
-def run_child(contender, model, args):
+def run_child(contender, model, args, seed=0):
     if contender in PACKAGES and importlib.util.find_spec(PACKAGES[contender]) is None:
         return {"contender": contender, "model": model, "status": "not installed"}
     cmd = [sys.executable, __file__, "--contender", contender, "--models", model, "--epochs", str(args.epochs),
-           "--device", args.device, "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+           "--device", args.device, "--threads", str(args.threads), "--seed", str(seed)] + (["--quick"] if args.quick else [])
     env = dict(os.environ, KERAS_BACKEND="torch", PYTHONWARNINGS="ignore")
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -361,6 +366,7 @@ def summarise(runs, contenders, models):
                 times = [t for r in ok for t in r["epoch_s"]]
                 row.update(s_per_epoch=statistics.median(times), min_s_per_epoch=min(times),
                            val_acc=statistics.median(r["val_acc"] for r in ok),
+                           val_acc_range=[min(r["val_acc"] for r in ok), max(r["val_acc"] for r in ok)],
                            version=ok[0].get("version"), threads=ok[0]["threads"])
             rows.append(row)
     for row in rows:
@@ -372,14 +378,16 @@ def summarise(runs, contenders, models):
 
 
 def table(rows):
-    lines = ["| contender | model | s/epoch | val accuracy | ratio (time / netfit) | fastest epoch, s |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| contender | model | s/epoch | val accuracy (median; min-max over seeds) | ratio (time / netfit) "
+             "| fastest epoch, s |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['contender']} | {r['model']} | {r['status']} | | | |")
             continue
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else "n/a"
-        lines.append(f"| {r['contender']} | {r['model']} | {r['s_per_epoch']:.3f} | {r['val_acc']:.4f} | {ratio} "
+        lo, hi = r["val_acc_range"]
+        acc = f"{r['val_acc']:.4f}" + (f" ({lo:.4f}-{hi:.4f})" if hi > lo else "")
+        lines.append(f"| {r['contender']} | {r['model']} | {r['s_per_epoch']:.3f} | {acc} | {ratio} "
                      f"| {r['min_s_per_epoch']:.3f} |")
     return "\n".join(lines)
 
@@ -392,7 +400,7 @@ def parent(args):
         for model in models:
             for c in order:
                 t0 = time.perf_counter()
-                r = run_child(c, model, args)
+                r = run_child(c, model, args, seed=rep)
                 r["repeat"] = rep
                 runs.append(r)
                 figure = f"{statistics.median(r['epoch_s']):.3f} s/epoch" if r["status"] == "ok" else r["status"]
@@ -446,6 +454,7 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the results")
     p.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)  # set by the parent
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)       # set by the parent: the repeat
     args = p.parse_args(argv)
     if args.epochs is None:
         args.epochs = 1 if args.quick else 4

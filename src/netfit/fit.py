@@ -263,13 +263,13 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                 if graphed is not None and (resume_at is None or resume_at["batch"] == 0):
                     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
                         run.record["trn_loss"] = _train_epoch_graphed(run, trn_dl, emit, progress, graphed)
-                    if graphed.why_not:  # the graph gave up: the rest of the fit runs eagerly
-                        history.info["step"] = f"eager: {graphed.why_not} (graphed until epoch {epoch})"
-                        graphed = None
                 else:
                     run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress, resume_at)
             except CancelEpoch:
                 run.record.setdefault("trn_loss", float("nan"))
+            if graphed is not None and graphed.why_not:  # the graph gave up: the rest of the fit runs eagerly
+                history.info["step"] = f"eager: {graphed.why_not} (graphed until epoch {epoch})"
+                graphed = None
             resume_at = None
             if val_dl is not None:
                 run.record.update(_validate(model, val_dl, crit, metrics, device, rank, world))
@@ -305,16 +305,12 @@ def _amp_dtype(amp, device):
     return "bfloat16" if device.type == "cpu" else "float16"
 
 
-def _train_epoch(run, dl, emit, progress, resume_at=None, rest=None):
-    """One pass over the training batches; returns the mean training loss (one host read).
-
-    `rest=(order, first, losses)` finishes an epoch the graphed loop began, from batch `first`."""
+def _train_epoch(run, dl, emit, progress, resume_at=None):
+    """One pass over the training batches; returns the mean training loss (one host read)."""
     model, opt, crit, k = run.train_model, run.opt, run.crit, run.accumulate
     run.model.train()
     losses = Mean()
-    if rest is not None:
-        order, first, losses = rest
-    elif resume_at is not None and resume_at["batch"] > 0:  # mid-epoch: same order, same RNG, next batch
+    if resume_at is not None and resume_at["batch"] > 0:  # mid-epoch: same order, same RNG, next batch
         order, first = resume_at["order"], resume_at["batch"]
         if order is not None:
             order = order.to(run.device)
@@ -404,32 +400,27 @@ def _train_epoch(run, dl, emit, progress, resume_at=None, rest=None):
 
 def _train_epoch_graphed(run, dl, emit, progress, gs):
     """`_train_epoch` through a `GraphedStep` (see graphs.py): the same batches in the same order,
-    the same events around each step, one host read per 32 steps (the non-finite check)."""
+    the same events around each step, one host read per 32 steps (the non-finite check). The short
+    last batch, and every batch after the graph gives up (`gs.why_not`), run eagerly."""
     run.model.train()
     order = dl.order(None if run.seed is None else run.seed + run.epoch)
     run.n_batches = n = dl.n_batches()
     gs.start_epoch()
-    pending, rows_done = 0, 0
+    pending, rows_done, bs = 0, 0, gs.bs
     try:
         for i in range(n):
             run.batch, rows = i, dl.rows(i)
             try:
-                if rows == gs.bs:
+                graphed = rows == bs and not gs.why_not
+                if graphed:
                     gs.load(order, i)
                     run.xb, run.yb = gs.x, gs.y
-                    emit("before_batch")
-                    emit("before_step")  # only graph-safe handlers (graph_plan): host state, rates
-                    if not gs.step(run.xb):
-                        gs.end_epoch()
-                        losses = Mean()
-                        if rows_done:
-                            losses.update(gs.total / rows_done, rows_done)
-                        return _train_epoch(run, dl, emit, progress, rest=(order, i, losses))
-                else:  # the short last batch, eagerly through the same model and optimizer
-                    j = order[i * gs.bs:] if order is not None else slice(i * gs.bs, None)
+                else:
+                    j = order[i * bs:i * bs + rows] if order is not None else slice(i * bs, i * bs + rows)
                     run.xb, run.yb = dl.x[j], dl.y[j]
-                    emit("before_batch")
-                    emit("before_step")
+                emit("before_batch")
+                emit("before_step")  # only graph-safe handlers (graph_plan): host state, rates
+                if not (graphed and gs.step(run.xb, run.yb)):
                     gs.eager(run.xb, run.yb)
                 run.preds, run.loss = gs.preds, gs.loss
                 rows_done += rows
@@ -443,6 +434,10 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
             if pending == 16:
                 progress.update(pending)
                 pending = 0
+        _check_graphed(run, gs)  # also when the last batches were cancelled
+    except (CancelEpoch, CancelFit):
+        _check_graphed(run, gs)  # a NaN before the cancel still stops the fit
+        raise
     finally:
         gs.end_epoch()
     progress.update(pending)

@@ -19,10 +19,18 @@ there), so `set_lrs` and schedules keep working: a float written into a param gr
 its tensor before the next replay. A change of any other hyperparameter (momentum, betas, weight
 decay) after capture means a recapture; a callback that changes one every step ends the graph and
 the rest of the fit runs eagerly (e.g. `one_cycle` with `moms`; pass `moms=None` to keep the graph).
+So does a change of which parameters train or of a layer's train/eval mode.
+
+What callbacks see: `run.xb`, `run.yb`, `run.preds` and `run.loss` are the graph's buffers, reused
+from batch to batch (clone them to keep one); `before_step` handlers (graph-safe ones only) run
+before the step, so a `CancelBatch` there skips the forward pass too and that batch's loss is not
+counted; during a graphed epoch `param_groups[i]["lr"]` is a 0-d device tensor.
 """
 import contextlib
 
 import torch
+
+from .data import ArrayLoader
 
 __all__ = ["GraphedStep", "graph_plan", "GRAPH_EVENTS"]
 
@@ -59,8 +67,8 @@ def graph_plan(run, dl, callbacks, fast):
         return f"on_nan={run.on_nan!r} (skipping a step needs a host check per step)"
     if run.checkpoint_every:
         return "checkpoint_every (mid-epoch saves)"
-    if not all(hasattr(dl, a) for a in ("x", "y", "bs", "order", "rows")) or dl.y is None:
-        return f"the training data is a {type(dl).__name__}, not an ArrayLoader over tensors"
+    if getattr(type(dl), "batches", None) is not ArrayLoader.batches or dl.y is None:
+        return f"the training data is a {type(dl).__name__}, not an ArrayLoader over (x, y) tensors"
     if dl.x.device != run.device:
         return f"the training tensors are on {dl.x.device}, the model on {run.device}"
     groups = run.opt.param_groups
@@ -71,6 +79,16 @@ def graph_plan(run, dl, callbacks, fast):
             if callable(getattr(cb, event, None)) and not (event == "before_step" and getattr(cb, "graph_safe", False)):
                 return f"callback {type(cb).__name__} handles {event}, which a captured step cannot call"
     return None
+
+
+def _detached(preds):
+    """Model outputs without their autograd graph (a tensor, or a tuple/list of them)."""
+    if isinstance(preds, torch.Tensor):
+        return preds.detach()
+    if isinstance(preds, (tuple, list)):
+        parts = [_detached(p) for p in preds]
+        return type(preds)(*parts) if hasattr(preds, "_fields") else type(preds)(parts)  # namedtuples too
+    return preds
 
 
 class GraphedStep:
@@ -95,19 +113,21 @@ class GraphedStep:
         self.dl, self.bs, device = dl, dl.bs, dl.x.device
         self.x = torch.empty((dl.bs, *dl.x.shape[1:]), dtype=dl.x.dtype, device=device)
         self.y = torch.empty((dl.bs, *dl.y.shape[1:]), dtype=dl.y.dtype, device=device)
-        self.total = torch.zeros((), device=device)              # sum of loss * rows this epoch
+        self.total = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss * rows this epoch
         self.bad = torch.zeros((), dtype=torch.int32, device=device)  # non-finite losses this epoch
         self.autocast = (torch.autocast(device.type, dtype=getattr(torch, amp_dtype), cache_enabled=False)
                          if amp_dtype else contextlib.nullcontext())
         self.params = [p for g in opt.param_groups for p in g["params"]]
         self.lrs = [torch.tensor(float(g["lr"]), device=device) for g in opt.param_groups] if capture else None
         self.graph, self.warm, self.recaptures, self.preds, self.loss = None, 0, 0, None, None
+        self.outputs = None  # the captured graph's preds and loss, which each replay overwrites
         self.hyper, self.why_not = None, None
 
     # ---- one epoch's bookkeeping
     def start_epoch(self):
         self.total.zero_()
         self.bad.zero_()
+        self.recaptures = 0  # "every step" is judged within an epoch
         if self.capture:  # the captured kernels read the rates from these tensors
             for g, t in zip(self.opt.param_groups, self.lrs):
                 t.fill_(float(g["lr"]))
@@ -141,10 +161,10 @@ class GraphedStep:
         loss.backward()
         self.opt.step()
         loss = loss.detach()
-        self.total.add_(loss.float(), alpha=rows)
+        self.total.add_(loss.double(), alpha=rows)
         self.bad.add_((~torch.isfinite(loss)).int())
         # detached: a kept autograd graph would tie the next step's gradient nodes to this step's stream
-        return (preds.detach() if isinstance(preds, torch.Tensor) else preds), loss
+        return _detached(preds), loss
 
     def _sync_hyper(self):
         """Copy rates written as floats into the device tensors; True if another hyperparameter changed."""
@@ -153,22 +173,34 @@ class GraphedStep:
                 if g["lr"] is not t:
                     t.fill_(float(g["lr"]))
                     g["lr"] = t
-        hyper = [tuple(g.get(k) for k in _HYPER) for g in self.opt.param_groups]
+        # what the captured kernels bake in: hyperparameters, which parameters train, layer modes
+        hyper = ([tuple(g.get(k) for k in _HYPER) for g in self.opt.param_groups],
+                 [p.requires_grad for p in self.params], [m.training for m in self.model.modules()])
         changed = self.hyper is not None and hyper != self.hyper
+        if changed and hyper[1] != self.hyper[1]:
+            self.warm = 0  # newly trained parameters need eager steps to create their optimizer state
         self.hyper = hyper
-        if changed and self.graph is not None:  # baked into the captured kernels: capture again
-            self.graph, self.recaptures = None, self.recaptures + 1
+        if changed and self.graph is not None:  # capture again
+            self.graph, self.outputs, self.recaptures = None, None, self.recaptures + 1
         return changed
 
-    def step(self, xb=None):
-        """Train on the static batch (`xb`, if a callback replaced it, is copied in first).
+    def step(self, xb=None, yb=None):
+        """Train on the static batch (`xb`/`yb`, if a callback replaced them, are copied in first).
 
         Returns True when it trained the batch; False when the graph cannot go on (the capture
-        failed, or a callback keeps changing hyperparameters other than the rate): then `why_not`
-        says why, nothing was trained, and the caller goes on eagerly.
+        failed, a callback changed the batch's shape or dtype, or one keeps changing hyperparameters
+        other than the rate): then `why_not` says why, nothing was trained, and the caller trains
+        this batch and the rest eagerly.
         """
-        if xb is not None and xb is not self.x:
-            self.x.copy_(xb)
+        for buf, new in ((self.x, xb), (self.y, yb)):
+            if new is None or new is buf:
+                continue
+            if new.shape != buf.shape or new.dtype != buf.dtype or new.device != buf.device:
+                self.why_not = (f"a callback changed the batch from {tuple(buf.shape)} {buf.dtype} to "
+                                f"{tuple(new.shape)} {new.dtype} on {new.device}")
+                return False
+            if new.data_ptr() != buf.data_ptr():
+                buf.copy_(new)
         self._sync_hyper()
         if self.recaptures > MAX_RECAPTURES:
             self.why_not = "a callback changes momentum or other hyperparameters every step"
@@ -195,6 +227,7 @@ class GraphedStep:
             self.warm += 1
         elif self.capture:
             self.graph.replay()
+            self.preds, self.loss = self.outputs
         else:
             self._static_step()
         return True
@@ -225,7 +258,7 @@ class GraphedStep:
             for g, c in zip(groups, capturable):
                 if c is not None:
                     g["capturable"] = c
-        self.graph = graph
+        self.graph, self.outputs = graph, (self.preds, self.loss)
         self.graph.replay()  # capture records the step without running it
 
     def eager(self, xb, yb):
