@@ -19,12 +19,13 @@ def data(n=1000, n_valid=200, bs=64, seed=0):
     return ImageClassifierData.from_arrays(".", (x[:n], y[:n]), (x[n:], y[n:]), bs=bs, device="cpu")
 
 
-def train(make, static, monkeypatch, epochs=2, opt=optim.Adam, callbacks=None, schedule=None, n=1000, **kw):
+def train(make, static, monkeypatch, epochs=2, opt=optim.Adam, callbacks=None, schedule=None, n=1000,
+          verbose=False, **kw):
     monkeypatch.setattr(graphs, "_STATIC_ON_CPU", static)
     torch.manual_seed(0)
     net = make()
     h = fit(net, data(n), epochs, opt(net.parameters(), 1e-2), nn.NLLLoss(), [accuracy],
-            callbacks=callbacks, schedule=schedule, verbose=False, seed=1, **kw)
+            callbacks=callbacks, schedule=schedule, verbose=verbose, seed=1, **kw)
     return net, h
 
 
@@ -108,3 +109,9 @@ def test_non_finite_loss_stops_the_graphed_path(monkeypatch):
 def test_rates_are_plain_floats_after_fit(monkeypatch):
     net, h = train(logreg, True, monkeypatch, schedule=one_cycle(1e-2, moms=None))
     assert isinstance(h[-1]["lr"], float)
+
+
+def test_verbose_2_says_which_step_ran(monkeypatch, capsys):
+    train(logreg, True, monkeypatch, epochs=1, verbose=2)
+    out = capsys.readouterr().out
+    assert "training step: static buffers, no capture (CPU); optimizer: Adam (fused kernel)" in out
