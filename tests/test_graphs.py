@@ -34,7 +34,7 @@ def test_static_path_trains_exactly_like_the_eager_loop(make, opt, monkeypatch):
     # 1000 rows, bs 64: 15 full batches and a short one of 40, every epoch
     eager, he = train(make, False, monkeypatch, opt=opt)
     static, hs = train(make, True, monkeypatch, opt=opt)
-    assert he.info["step"] == "eager: not on a GPU"
+    assert he.info["step"] == "eager: not on a CUDA GPU"
     assert hs.info["step"].startswith("static buffers")
     for a, b in zip(eager.state_dict().values(), static.state_dict().values()):
         assert torch.equal(a, b)

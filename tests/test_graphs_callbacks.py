@@ -26,7 +26,7 @@ def train(make, static, monkeypatch, epochs=2, callbacks=None, schedule=None, **
     net = make()
     h = fit(net, data(), epochs, optim.Adam(net.parameters(), 1e-2), nn.NLLLoss(), [accuracy],
             callbacks=callbacks, schedule=schedule, verbose=False, seed=1, **kw)
-    assert ("not on a GPU" in h.info["step"]) != static, h.info["step"]
+    assert ("not on a CUDA GPU" in h.info["step"]) != static, h.info["step"]
     return net, h
 
 

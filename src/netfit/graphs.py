@@ -51,12 +51,12 @@ def graph_plan(run, dl, callbacks, fast):
         >>> net = nn.Linear(2, 2); opt = torch.optim.SGD(net.parameters(), 0.1)
         >>> run = Run(net, None, opt, nn.CrossEntropyLoss(), [], 1, History(), torch.device("cpu"))
         >>> graph_plan(run, None, [], fast=True)
-        'not on a GPU'
+        'not on a CUDA GPU'
     """
     if not fast:
         return "fast=False"
     if run.device.type != "cuda" and not (_STATIC_ON_CPU and run.device.type == "cpu"):
-        return "not on a GPU"
+        return "not on a CUDA GPU"
     if run.world > 1:
         return "distributed (DDP) training"
     if run.accumulate > 1:
