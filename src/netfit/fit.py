@@ -447,10 +447,7 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
 def _check_graphed(run, gs):
     """Raise NonFiniteLossError if a loss in the graphed steps so far was NaN/inf (one host read)."""
     if gs.bad.item():
-        where = f"epoch {run.epoch}, within the 32 batches up to batch {run.batch}"
-        raise NonFiniteLossError(f"training loss became non-finite at {where}; stopped there"
-                                 + (f", the last good checkpoint is {run.checkpoint}" if run.checkpoint else "")
-                                 + ". Try a lower learning rate, or check the inputs for NaN/inf.")
+        raise _non_finite_error(run, "non-finite", f"epoch {run.epoch}, within the 32 batches up to batch {run.batch}")
 
 
 def _in_lockstep(batches, dl, first, world):
@@ -483,9 +480,14 @@ def _finite(run, losses):
         warnings.warn(f"non-finite training loss {run.loss.item()} at {where}; skipped that step",
                       RuntimeWarning, stacklevel=3)
         return False
-    raise NonFiniteLossError(f"training loss became {run.loss.item()} at {where}; stopped there"
-                             + (f", the last good checkpoint is {run.checkpoint}" if run.checkpoint else "")
-                             + ". Try a lower learning rate, or check the inputs for NaN/inf.")
+    raise _non_finite_error(run, run.loss.item(), where)
+
+
+def _non_finite_error(run, value, where):
+    """The NonFiniteLossError both training loops raise: what, where, the checkpoint, what to try."""
+    return NonFiniteLossError(f"training loss became {value} at {where}; stopped there"
+                              + (f", the last good checkpoint is {run.checkpoint}" if run.checkpoint else "")
+                              + ". Try a lower learning rate, or check the inputs for NaN/inf.")
 
 
 def _loss_sums(mean, device):

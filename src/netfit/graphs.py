@@ -32,9 +32,9 @@ import torch
 
 from .data import ArrayLoader
 
-__all__ = ["GraphedStep", "graph_plan", "GRAPH_EVENTS"]
+__all__ = ["GraphedStep", "graph_plan"]
 
-GRAPH_EVENTS = ("before_batch", "after_batch")  # per-batch events any callback may have on the graph path
+_IN_STEP = ("after_loss", "after_backward", "before_step")  # events inside the step; a replay cannot call them
 _HYPER = ("betas", "momentum", "weight_decay", "eps", "dampening", "nesterov", "amsgrad", "maximize")
 _STATIC_ON_CPU = False  # tests set this: the same static-buffer path without capture, on the CPU
 WARMUP = 3              # eager steps before capture (lazy state: optimizer moments, cuBLAS workspaces)
@@ -75,7 +75,7 @@ def graph_plan(run, dl, callbacks, fast):
     if type(run.opt).__name__ not in ("Adam", "AdamW", "SGD") or not all(g.get("fused") for g in groups):
         return f"{type(run.opt).__name__} is not a stock Adam, AdamW or SGD on its fused kernel"
     for cb in callbacks:
-        for event in ("after_loss", "after_backward", "before_step"):
+        for event in _IN_STEP:
             if callable(getattr(cb, event, None)) and not (event == "before_step" and getattr(cb, "graph_safe", False)):
                 return f"callback {type(cb).__name__} handles {event}, which a captured step cannot call"
     return None
@@ -139,8 +139,7 @@ class GraphedStep:
             for g, t in zip(self.opt.param_groups, self.lrs):
                 if g["lr"] is t:
                     g["lr"] = float(t)
-        for p in self.params:  # as after an eager epoch; the graph keeps its own gradient buffers
-            p.grad = None
+        self._drop_grads()  # as after an eager epoch; the graph keeps its own gradient buffers
 
     def load(self, order, i):
         """Gather full batch i of this epoch's `order` (None: rows in order) into the static buffers."""
@@ -209,8 +208,7 @@ class GraphedStep:
             try:
                 self._capture()
             except Exception as e:  # e.g. a model that reads a value back to the host
-                for p in self.params:
-                    p.grad = None
+                self._drop_grads()
                 self.why_not = f"capture failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
                 return False
             return True
@@ -219,9 +217,7 @@ class GraphedStep:
             if side is not None:
                 side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-                for p in self.params:
-                    p.grad = None
-                self.preds, self.loss = self._forward_backward_step(self.x, self.y, self.bs)
+                self._static_step()
             if side is not None:
                 torch.cuda.current_stream().wait_stream(side)
             self.warm += 1
@@ -232,10 +228,13 @@ class GraphedStep:
             self._static_step()
         return True
 
-    def _static_step(self):
-        """The CPU stand-in for a replay: the same step, eagerly, over the same buffers."""
+    def _drop_grads(self):
         for p in self.params:
             p.grad = None
+
+    def _static_step(self):
+        """The step, eagerly, over the static buffers (warm-up; on the CPU the stand-in for a replay)."""
+        self._drop_grads()
         self.preds, self.loss = self._forward_backward_step(self.x, self.y, self.bs)
 
     def _capture(self):
@@ -243,8 +242,7 @@ class GraphedStep:
             self.graph = "no capture on the CPU"
             self._static_step()
             return
-        for p in self.params:
-            p.grad = None  # backward inside the graph allocates the gradients it then reuses
+        self._drop_grads()  # backward inside the graph allocates the gradients it then reuses
         groups = self.opt.param_groups
         capturable = [g.get("capturable") for g in groups]
         for g in groups:
@@ -265,8 +263,7 @@ class GraphedStep:
         """One eager step on a batch outside the static buffers (the short last batch)."""
         self._sync_hyper()
         kept = [p.grad for p in self.params]
-        for p in self.params:
-            p.grad = None
+        self._drop_grads()
         self.preds, self.loss = self._forward_backward_step(xb, yb, len(yb))
         for p, g in zip(self.params, kept):
             p.grad = g
