@@ -367,3 +367,49 @@ def test_real_fashion_mnist_found_by_default_search(tmp_path, monkeypatch):
     (x, y), (xv, yv), (xt, yt) = datasets.fashion_mnist(download=False)
     assert (len(x), len(xv), len(xt)) == (50000, 10000, 10000)
     assert not (tmp_path / "fashion-mnist").exists()  # nothing was written to the cache
+
+
+def test_pickle_url_downloads_into_the_cache_then_loads(file_server, tmp_path):
+    url, requests = file_server
+    splits = lesson_splits(1)
+    (tmp_path / "served" / "mnist.pkl.gz").write_bytes(gzip.compress(pickle.dumps(splits)))
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the second time from the cache, without a request
+        got = datasets.mnist(url + "mnist.pkl.gz", cache=cache)
+        np.testing.assert_array_equal(got[0][0], splits[0][0])
+    assert requests == Counter({"/mnist.pkl.gz": 1})
+    assert (cache / "mnist.pkl.gz").is_file()
+
+
+def test_get_data_verifies_and_leaves_nothing_on_a_mismatch(file_server, tmp_path):
+    url, _ = file_server
+    blob = gzip.compress(pickle.dumps(lesson_splits(2)))
+    (tmp_path / "served" / "mnist.pkl.gz").write_bytes(blob)
+    dest = tmp_path / "data" / "mnist.pkl.gz"
+    with pytest.raises(datasets.DatasetError, match="MD5 of the gz file is .*, expected the published 0{32}"):
+        datasets.get_data(url + "mnist.pkl.gz", dest, md5="0" * 32)
+    assert not dest.exists() and not list(dest.parent.glob("*.part"))
+    good = hashlib.md5(blob).hexdigest()
+    assert datasets.get_data(url + "mnist.pkl.gz", dest, md5=good) == dest and dest.read_bytes() == blob
+    with pytest.raises(datasets.DatasetError, match="HTTP 404"):
+        datasets.get_data(url + "missing.pkl.gz", tmp_path / "data" / "other.pkl.gz")
+    with pytest.raises(datasets.DatasetError, match="is a folder"):
+        datasets.get_data(url + "mnist.pkl.gz", tmp_path / "data")
+
+
+def test_pickle_honours_n_train_and_scales_0_255_pixels(tmp_path):
+    (x, y), (xv, yv), (xt, yt) = lesson_splits(3)
+    path = tmp_path / "mnist.pkl.gz"
+    path.write_bytes(gzip.compress(pickle.dumps(((x * 255, y), (xv * 255, yv), (xt * 255, yt)))))
+    (gx, gy), (gxv, gyv), (gxt, _) = datasets.mnist(path, n_train=40)  # 50 + 10 rows split again at 40
+    np.testing.assert_allclose(np.concatenate([gx, gxv]), np.concatenate([x, xv]), rtol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([gy, gyv]), np.concatenate([y, yv]))
+    assert len(gx) == 40 and len(gxv) == 20 and gxt.max() <= 1.0
+    with pytest.raises(ValueError, match="n_train=60 leaves nothing to validate"):
+        datasets.mnist(path, n_train=60)
+
+
+def test_an_impossible_n_train_is_refused_before_any_search(tmp_path):
+    with pytest.raises(ValueError, match="n_train=60000 leaves nothing to validate: fashion-mnist's training file "
+                                         "has 60000 rows"):
+        datasets.fashion_mnist(n_train=60000, mirrors=["http://127.0.0.1:9/"], cache=tmp_path)

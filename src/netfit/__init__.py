@@ -2,7 +2,10 @@
 
     from netfit import datasets, ImageClassifierData, fit, predict, accuracy, plots, default_device
 """
-from . import datasets, scratch
+import importlib.util
+
+from . import datasets, models, scratch
+from .core import T, V, to_np
 from .checkpoint import CheckpointError
 from .compare import compare
 from .data import ArrayLoader, DataError, ImageClassifierData, default_device
@@ -29,12 +32,14 @@ def __getattr__(name):
         return NetClassifier
     raise AttributeError(f"module 'netfit' has no attribute {name!r}")
 
-__all__ = ["datasets", "scratch", "ImageClassifierData", "ArrayLoader", "default_device", "fit", "predict",
+__all__ = ["datasets", "models", "scratch", "T", "V", "to_np", "ImageClassifierData", "ArrayLoader", "default_device", "fit", "predict",
            "predict_with_targs", "set_lrs", "History", "Run", "Callback", "EVENTS", "CancelFit",
            "CancelEpoch", "CancelBatch", "accuracy", "error_rate", "plots", "show", "plot_history",
-           "plot_confusion", "plot_top_losses", "NetClassifier", "compare",
+           "plot_confusion", "plot_top_losses", "compare",
            "DataError", "FitError", "NonFiniteLossError", "CheckpointError", "load", "Predictor", "ExportError",
            "lr_find", "LRFinderResult", "plot_lr_find", "Schedule", "one_cycle", "cosine", "step_decay",
            "fit_one_cycle", "param_groups", "EarlyStopping", "SaveBest", "GradientClip", "CSVLogger",
            "TensorBoard", "Augment", "RandomShift", "predict_tta", "Learner", "seed_everything",
            "__version__"]
+if importlib.util.find_spec("sklearn") is not None:  # `from netfit import *` must work without it
+    __all__.append("NetClassifier")

@@ -2,8 +2,11 @@
 mistake gets one sentence naming what was expected and what was given instead of an error deep in
 torch (or, on CUDA, an opaque device-side assert). Also the default loss for a model.
 """
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .data import DataError
@@ -15,8 +18,9 @@ class FitError(TypeError):
     """`fit` was called with arguments it cannot use; the message says which and why."""
 
 
-def _check_args(crit, metrics, callbacks, checkpoint_every):
-    """FitError for a loss, metrics, callbacks or checkpoint interval `fit` cannot use."""
+def _check_args(crit, metrics, callbacks, checkpoint_every, events=()):
+    """FitError for a loss, metrics, callbacks or checkpoint interval `fit` cannot use; a warning for a
+    callback method that looks like an event but is not one of `events` (so would never be called)."""
     if crit is not None and (isinstance(crit, type) or not callable(crit)):
         given = f"the class {crit.__name__}" if isinstance(crit, type) else f"{type(crit).__name__} {crit!r}"
         raise FitError(f"crit must be a loss such as nn.NLLLoss() (an instance) or F.nll_loss; got {given}")
@@ -26,9 +30,31 @@ def _check_args(crit, metrics, callbacks, checkpoint_every):
     if callbacks is not None and not isinstance(callbacks, (list, tuple)):
         raise FitError(f"callbacks must be a list of callback objects; got one {type(callbacks).__name__} "
                        "(pass [cb])")
+    for cb in callbacks or []:
+        if isinstance(cb, type):
+            raise FitError(f"callbacks must be callback objects; got the class {cb.__name__} (pass {cb.__name__}())")
+        _warn_unknown_events(cb, events)
     every = checkpoint_every
     if every is not None and not (isinstance(every, (int, np.integer)) and not isinstance(every, bool) and every >= 1):
         raise FitError(f"checkpoint_every must be a positive number of optimizer steps; got {checkpoint_every!r}")
+
+
+_FASTAI_EVENTS = {"on_train_begin": "before_fit", "on_train_end": "after_fit", "on_epoch_begin": "before_epoch",
+                  "on_epoch_end": "after_epoch", "on_batch_begin": "before_batch", "on_batch_end": "after_batch",
+                  "on_backward_begin": "after_loss", "on_backward_end": "after_backward", "on_step_end": "after_batch"}
+
+
+def _warn_unknown_events(cb, events):
+    """Warn about `cb`'s methods named like events (before_*, after_*, on_*) that are not in `events`."""
+    import difflib
+    import warnings
+    for name in dir(cb):
+        if name in events or not name.startswith(("before_", "after_", "on_")) or not callable(getattr(cb, name, None)):
+            continue
+        near = _FASTAI_EVENTS.get(name) or next(iter(difflib.get_close_matches(name, events, n=1)), None)
+        warnings.warn(f"{type(cb).__name__}.{name} is not a training event and will never be called"
+                      + (f" (did you mean {near}?)" if near else "") + f"; the events are {', '.join(events)}",
+                      stacklevel=4)
 
 
 def _check_data(model, crit, loaders):
@@ -51,19 +77,71 @@ def _check_data(model, crit, loaders):
             raise DataError(f"the {name} inputs hold {(~torch.isfinite(x)).sum().item()} NaN or infinite "
                             "values; expected finite numbers")
         out = _forward_one(model, x[:1], f"the {name}")  # (1, C)
-        if not isinstance(crit, (nn.NLLLoss, nn.CrossEntropyLoss)) or not isinstance(y, torch.Tensor) or y.ndim != 1:
+        if name == "training data":
+            _check_outputs(model, crit, out)
+            _check_last_batch(model, dl)
+        kind = _class_loss(crit)
+        if kind is None or not isinstance(y, torch.Tensor) or y.ndim != 1:
             continue
         if y.is_floating_point() or y.is_complex():
             from .data import _describe
-            raise DataError(f"the {name} labels must be integer class indices for {type(crit).__name__}; "
+            raise DataError(f"the {name} labels must be integer class indices for {kind}; "
                             f"got {_describe(y)} (use y.long())")
         if out.ndim != 2:
-            raise DataError(f"{type(crit).__name__} needs the model to give class scores of shape (N, C); "
+            raise DataError(f"{kind} needs the model to give class scores of shape (N, C); "
                             f"it gives {tuple(out.shape)} for one row of the {name}")
-        labels = y[y != crit.ignore_index]
+        labels = y[y != getattr(crit, "ignore_index", -100)]
         if len(labels) and (labels.min().item() < 0 or labels.max().item() >= out.shape[1]):
             raise DataError(f"the {name} labels must be class indices in [0, {out.shape[1]}) for a model with "
                             f"{out.shape[1]} outputs; got min {labels.min().item()}, max {labels.max().item()}")
+
+
+def _class_loss(crit):
+    """The name of `crit` when it is NLL or cross-entropy (module or function), else None."""
+    if isinstance(crit, (nn.NLLLoss, nn.CrossEntropyLoss)):
+        return type(crit).__name__
+    return {F.nll_loss: "F.nll_loss", F.cross_entropy: "F.cross_entropy"}.get(crit)
+
+
+def _check_outputs(model, crit, out):
+    """FitError when NLL loss gets outputs that are not log-probabilities (rows of exp(out) must sum to
+    1): raw scores or probabilities train to nonsense with it, silently. A warning when cross-entropy
+    gets probabilities: it applies a softmax itself, so the model's Softmax is applied twice."""
+    kind = _class_loss(crit)
+    if kind is None or not isinstance(out, torch.Tensor) or out.ndim != 2 or not out.is_floating_point():
+        return
+    out = out.float()
+    sums = out.exp().sum(1)  # 1 per row for log-probabilities
+    last = [m for m in model.modules() if not list(m.children())][-1:] or [None]
+    if kind in ("NLLLoss", "F.nll_loss") and not torch.allclose(sums, torch.ones_like(sums), atol=0.05, rtol=0):
+        if isinstance(last[0], nn.LogSoftmax):
+            hint = f"its last layer {last[0]} normalises another dimension: use nn.LogSoftmax(dim=1)"
+        elif bool(((out >= 0) & (out <= 1)).all()) and torch.allclose(out.sum(1), torch.ones_like(sums), atol=1e-3):
+            hint = "they look like probabilities: end the model in nn.LogSoftmax(dim=1) instead of nn.Softmax"
+        else:
+            hint = "end the model in nn.LogSoftmax(dim=1), or train raw scores with nn.CrossEntropyLoss()"
+        raise FitError(f"{kind} needs log-probabilities from the model (each row of exp(outputs) summing to 1), "
+                       f"but the rows sum to {sums.min().item():.3g}..{sums.max().item():.3g}; {hint}")
+    if (kind in ("CrossEntropyLoss", "F.cross_entropy") and bool(((out >= 0) & (out <= 1)).all())
+            and torch.allclose(out.sum(1), torch.ones_like(sums), atol=1e-3) and out.shape[1] > 1):
+        import warnings
+        warnings.warn(f"the model's outputs are probabilities (rows sum to 1) and {kind} applies a softmax "
+                      "itself, so the softmax is applied twice and training is slower and worse: drop the "
+                      "model's final nn.Softmax, or end it in nn.LogSoftmax(dim=1) and use nn.NLLLoss()",
+                      stacklevel=4)
+
+
+def _check_last_batch(model, dl):
+    """DataError when a training batch would hold one row and the model has BatchNorm, which cannot
+    take one row in training mode (torch's message comes mid-epoch, deep in the model)."""
+    if not hasattr(dl, "n_batches") or getattr(dl, "drop_last", False):
+        return
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        n = dl.n_batches()
+        if n and dl.rows(n - 1) == 1:
+            raise DataError(f"the last training batch holds 1 row ({len(dl.x)} rows in batches of {dl.bs}), and "
+                            "the model's BatchNorm cannot train on a single row: choose a batch size that leaves "
+                            "at least 2 rows in the last batch")
 
 
 def _forward_one(model, xb, what):
@@ -84,6 +162,11 @@ def _shape_error(model, xb, e, what):
     """The DataError for a first forward pass that failed on `xb` (out of memory is re-raised as is)."""
     if isinstance(e, torch.OutOfMemoryError):
         raise e
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if xb.is_floating_point() and dtypes and xb.dtype not in dtypes:
+        return DataError(f"the model's parameters are {', '.join(sorted(str(d)[6:] for d in dtypes))} but {what} "
+                         f"inputs are {str(xb.dtype)[6:]}; convert the model with net.float() (netfit's data is "
+                         f"float32; for mixed precision pass amp=True) ({str(e).splitlines()[0][:200]})")
     first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
     expects = (f"; its first layer {first} takes {first.in_features} features" if isinstance(first, nn.Linear)
                else f"; its first layer {first} takes {first.in_channels} channels" if first is not None else "")
@@ -95,6 +178,11 @@ def _check_opt(model, opt):
     if not isinstance(opt, torch.optim.Optimizer):
         raise FitError(f"opt must be a torch.optim.Optimizer such as optim.Adam(net.parameters()); got "
                        + (f"the class {opt.__name__}" if isinstance(opt, type) else type(opt).__name__))
+    for i, g in enumerate(opt.param_groups):
+        lr = g.get("lr")
+        if isinstance(lr, (int, float)) and not (math.isfinite(lr) and lr >= 0):
+            raise FitError(f"the optimizer's learning rate must be a finite number >= 0; got lr={lr!r}"
+                           + (f" in param group {i}" if len(opt.param_groups) > 1 else ""))
     held = {id(p) for g in opt.param_groups for p in g["params"]}
     trainable = [p for p in model.parameters() if p.requires_grad]
     if trainable and not any(id(p) in held for p in trainable):

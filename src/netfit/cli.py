@@ -34,9 +34,9 @@ def build_parser():
     t = sub.add_parser("train", help="train a net and write a run folder",
                        description="Load and normalise the data (training mean/std), train with fit, "
                        "print the per-epoch table, and write metrics, weights and plots to --out.")
-    t.add_argument("--data", default="fashion-mnist", choices=["mnist", "fashion-mnist"],
+    t.add_argument("--data", default=None, choices=["mnist", "fashion-mnist"],
                    help="dataset to train on (default: fashion-mnist, installed offline by Debian's "
-                   "dataset-fashion-mnist)")
+                   "dataset-fashion-mnist; with --data-path, the dataset its name says)")
     t.add_argument("--data-path", default=None, help="a folder of IDX files or an mnist.pkl.gz to use "
                    "instead of the search (cache, system folder, download)")
     t.add_argument("--model", default="mlp", choices=["logreg", "mlp", "cnn"],
@@ -57,7 +57,8 @@ def build_parser():
     t.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="also save <out>/ckpt every N optimizer steps (it is saved after every epoch anyway)")
     t.add_argument("--resume", action="store_true",
-                   help="continue from <out>/ckpt, with the options of the run that wrote it")
+                   help="continue from <out>/ckpt; the training options must be those of the run that wrote "
+                   "it (checked against <out>/args.json); --epochs may be larger")
     t.add_argument("--lr-find", action="store_true", help="sweep the learning rate first, save "
                    "<out>/lr_find.png, print the suggestion and train with it unless --lr is given")
     t.add_argument("--schedule", default="none", choices=["none", "one-cycle", "cosine"],
@@ -103,6 +104,36 @@ def build_parser():
     return p
 
 
+_RUN_OPTIONS = ("data", "model", "bs", "opt", "lr", "momentum", "wd", "seed", "schedule", "amp", "clip",
+                "accumulate", "augment")  # what a resumed run must share with the run that wrote the checkpoint
+
+
+def _data_named_by(path):
+    """The dataset a --data-path names ("fashion" or "mnist" in it; a pickle is the lesson's
+    mnist.pkl.gz format); fashion-mnist without a path (or one that does not exist: loading says so)."""
+    if path is None or not Path(path).exists():
+        return "fashion-mnist"
+    name = str(path).lower()
+    if "fashion" in name:
+        return "fashion-mnist"
+    if "mnist" in name or Path(path).is_file():
+        return "mnist"
+    raise ValueError(f"--data-path {path}: its name does not say which dataset it holds; add --data mnist "
+                     "or --data fashion-mnist (the class names depend on it)")
+
+
+def _check_resume(args, out):
+    """ValueError when --resume is given options other than those of the run that wrote out/ckpt."""
+    saved = out / "args.json"
+    if not args.resume or not saved.exists():
+        return
+    was = json.loads(saved.read_text())
+    changed = [k for k in _RUN_OPTIONS if k in was and was[k] != getattr(args, k)]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {was[k]!r} (got {getattr(args, k)!r})" for k in changed)
+        raise ValueError(f"--resume: {out}/ckpt was written by a run with {flags}; resume with its options")
+
+
 def train(args):
     """Run `netfit train` with parsed `args`; returns the metrics dict written to metrics.json."""
     import numpy as np
@@ -135,11 +166,18 @@ def train(args):
         raise ValueError(f"--clip must be positive; got {args.clip}")
     if args.early_stop is not None and args.early_stop < 0:
         raise ValueError(f"--early-stop must be at least 0; got {args.early_stop}")
+    if args.data is None:
+        args.data = _data_named_by(args.data_path)
     torch.manual_seed(args.seed)
     out = Path(args.out or f"runs/{args.data}-{args.model}")
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device) if args.device else default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}"
+                         + (", built without CUDA)" if torch.version.cuda is None else ", no GPU found)"))
+    if main_rank:
+        _check_resume(args, out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "args.json").write_text(json.dumps({k: getattr(args, k) for k in _RUN_OPTIONS}, indent=2))
     if device.type == "cuda" and device.index is None:  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
         device = default_device()
     start = time.perf_counter()

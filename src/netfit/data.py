@@ -9,6 +9,7 @@ device once; seeding `torch.manual_seed` makes the shuffled order reproducible.
 """
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -210,7 +211,24 @@ class ArrayLoader:
             yield (xb, yb) if yb is not None else xb
 
     def __iter__(self):
-        return self.batches(self.order())
+        return _Batches(self.batches(self.order()), len(self))
+
+
+class _Batches:
+    """An iterator over one epoch's batches that also knows how many it yields: the lesson's
+    hand-written loop does `dl = iter(md.trn_dl); for t in range(len(dl)): xt, yt = next(dl)`."""
+
+    def __init__(self, gen, n):
+        self.gen, self.n = gen, n
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.gen)
+
+    def __len__(self):
+        return self.n
 
 
 class ImageClassifierData:
@@ -236,7 +254,14 @@ class ImageClassifierData:
                                 f"{tuple(x.shape[1:])}; expected the same")
         else:
             xv = yv = None
+        _warn_scale(x, xv)
         n_seen = int(max(y.max().item(), yv.max().item() if yv is not None else 0)) + 1
+        if n_seen < 2 and classes is None:
+            raise DataError(f"the labels hold a single class ({n_seen - 1}); a classifier needs at least 2")
+        if classes is None and not (y == 0).any() and (yv is None or not (yv == 0).any()):
+            warnings.warn(f"no training or validation label is 0, yet classes are counted from 0 (labels run "
+                          f"{int(y.min())}..{n_seen - 1}, so the model gets {n_seen} outputs); if the labels "
+                          "start at 1, pass y - 1", stacklevel=3)
         if classes is not None:
             classes = list(classes)
             if n_seen > len(classes):
@@ -359,6 +384,24 @@ class ImageClassifierData:
             xt = read_images(sorted(p for p in (root / test).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES),
                              size, mode)
         return cls(path, (x, y), val, bs=bs, test=xt, classes=classes, device=device)
+
+
+def _warn_scale(x, xv):
+    """Warn about inputs a net trains badly on: far from mean 0 / std 1 (pixels left in 0..255), or
+    validation inputs scaled differently from the training ones (normalised with other statistics)."""
+    lo, hi = x.min().item(), x.max().item()
+    if max(abs(lo), abs(hi)) > 30:
+        warnings.warn(f"the training inputs range from {lo:g} to {hi:g}; nets train best on inputs near mean 0 "
+                      "and std 1: normalise first, e.g. mean, std = x.mean(), x.std(); x = (x - mean) / std, and "
+                      "x_valid with the same mean and std", stacklevel=4)
+    if xv is None or len(xv) < 2 or len(x) < 2:
+        return
+    m, s = x.mean().item(), x.std().item()
+    mv, sv = xv.mean().item(), xv.std().item()
+    if s > 0 and (abs(mv - m) > s or not 0.5 < sv / s < 2):
+        warnings.warn(f"x_valid (mean {mv:.3g}, std {sv:.3g}) is scaled differently from x (mean {m:.3g}, std "
+                      f"{s:.3g}); normalise both with the training statistics: x_valid = (x_valid - mean) / std",
+                      stacklevel=4)
 
 
 def _pair(split, name):

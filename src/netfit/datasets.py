@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["mnist", "fashion_mnist", "load", "read_idx", "DatasetError", "DATASETS", "DatasetSpec",
+__all__ = ["mnist", "fashion_mnist", "load", "get_data", "read_idx", "DatasetError", "DATASETS", "DatasetSpec",
            "FileSpec", "FASHION_CLASSES", "cache_dir"]
 
 
@@ -191,8 +191,9 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoDowngrade)
 
 
-def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_000):
-    """Download `url` to a temporary file beside `dest`, verify it, rename it to `dest`; return its array.
+def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_000, parse=_parse_idx):
+    """Download `url` to a temporary file beside `dest`, verify it, rename it to `dest`; return
+    `parse(content, url)` (an IDX file's array by default).
 
     `timeout` bounds each socket operation (s), `deadline` the whole transfer (s; it is checked after
     each read, so a transfer stops within `timeout` of it). Nothing lands at `dest` unless it verified,
@@ -225,7 +226,7 @@ def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_0
                 raise DatasetError(f"{url}: connection closed after {size} of {length} bytes")
             out.flush()
             os.fsync(out.fileno())  # on disk before the rename, so a crash cannot leave a renamed stub
-        arr = _parse_idx(_verified(Path(tmp).read_bytes(), spec, url), url)
+        arr = parse(_verified(Path(tmp).read_bytes(), spec, url), url)
         os.replace(tmp, dest)
         return arr
     finally:
@@ -288,7 +289,10 @@ class _ArraysOnly(pickle.Unpickler):
         raise DatasetError(f"refusing to unpickle {module}.{name}: an mnist.pkl.gz holds only numpy arrays")
 
 
-def _load_pickle(path):
+def _load_pickle(path, n_train=None):
+    """The three splits of an mnist.pkl.gz-format pickle; pixels in [0, 1] (0..255 ones are scaled).
+    With `n_train`, its training and validation rows (the first 60,000 of MNIST's training file, in
+    order) are split again at `n_train`, as for the IDX files."""
     blob = _decompress(path.read_bytes(), path)
     try:
         splits = _ArraysOnly(io.BytesIO(blob), encoding="latin1").load()
@@ -305,6 +309,15 @@ def _load_pickle(path):
     for (x, y), part in zip(splits, ("train", "valid", "test")):
         if len(x) != len(y):
             raise DatasetError(f"{path}: {part} has {len(x)} images but {len(y)} labels")
+        if len(x) and x.max() > 1.0:  # 0..255 pixels: the same [0, 1] scale as every other source
+            x /= 255.0
+    if n_train is not None:
+        (x, y), (xv, yv), test = splits
+        x, y = np.concatenate([x, xv]), np.concatenate([y, yv])
+        if n_train >= len(x):
+            raise ValueError(f"n_train={n_train} leaves nothing to validate: {path} has {len(x)} training and "
+                             "validation rows together")
+        splits = (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:]), test
     return splits
 
 
@@ -327,7 +340,8 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
     """Load dataset `name` ("mnist" or "fashion-mnist") as ((x, y), (x_valid, y_valid), (x_test, y_test)).
 
     Args:
-        path: a folder of IDX files or an `mnist.pkl.gz`-format pickle; skips the search.
+        path: a folder of IDX files or an `mnist.pkl.gz`-format pickle; skips the search. An http(s)
+            URL of such a pickle is downloaded into the cache first (`get_data`).
         cache, system_dirs, mirrors, files: override where to look and what to expect
             (the defaults are in `DATASETS[name]` and `cache_dir(name)`; `files` maps each of
             the four file stems to a `FileSpec`).
@@ -349,15 +363,23 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
             raise ValueError(f"files must give a FileSpec for each of {sorted(spec.files)}; got {sorted(files)}")
         spec = DatasetSpec(files=files, mirrors=spec.mirrors, system_dirs=spec.system_dirs, classes=spec.classes,
                            n_train=spec.n_train)
-    n_train = spec.n_train if n_train is None else n_train
+    n_given, n_train = n_train, spec.n_train if n_train is None else n_train
     if not (isinstance(n_train, int) and n_train > 0):
         raise ValueError(f"n_train must be a positive int; got {n_train!r}")
     if not (isinstance(attempts, int) and attempts >= 1):
         raise ValueError(f"attempts must be an int >= 1; got {attempts!r}")
+    labels = spec.files.get("train-labels-idx1-ubyte")
+    if path is None and labels is not None and labels.raw_size and n_train >= labels.raw_size - 8:
+        raise ValueError(f"n_train={n_train} leaves nothing to validate: {name}'s training file has "
+                         f"{labels.raw_size - 8} rows")
+    if path is not None and str(path).lower().startswith(("http://", "https://")):
+        url = str(path)
+        path = get_data(url, (Path(cache) if cache is not None else cache_dir(name))
+                        / Path(urllib.parse.urlsplit(url).path).name, timeout=timeout, deadline=deadline)
     if path is not None:
         path = Path(path).expanduser()
         if path.is_file():
-            return _load_pickle(path)
+            return _load_pickle(path, n_given)
         if path.is_dir():
             return _split(_load_folder(path, spec), n_train)
         raise DatasetError(f"{path} does not exist; expected a folder of IDX files or an mnist.pkl.gz file")
@@ -387,6 +409,37 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
     raise DatasetError(f"could not load {name}. Tried:\n  - " + "\n  - ".join(tried) +
                        f"\nTo fix: {hint}copy the four IDX files into {cache} "
                        f"(or set NETFIT_DATA), or pass path= to a folder or mnist.pkl.gz.")
+
+
+def get_data(url, dest, sha256=None, md5=None, timeout=30.0, deadline=600.0):
+    """Download `url` to the file `dest` unless a copy that verifies is there already; return its Path.
+
+    fastai 0.7's `get_data(URL+FILENAME, path+FILENAME)`. `sha256` is the SHA-256 of the decompressed
+    content and `md5` the MD5 of the file as published; give one to have the file verified (without
+    either, only an HTML page or a short transfer is refused). The file lands at `dest` only whole.
+
+    Example:
+        >>> p = get_data("http://deeplearning.net/data/mnist/mnist.pkl.gz", "data/mnist/mnist.pkl.gz")  # doctest: +SKIP
+        >>> ((x, y), (x_valid, y_valid), _) = mnist(p)                                                  # doctest: +SKIP
+    """
+    dest, spec = Path(dest).expanduser(), FileSpec(raw_sha256=sha256, gz_md5=md5)
+    if dest.is_dir():
+        raise DatasetError(f"{dest} is a folder; expected the file path to download to, such as "
+                           f"{dest / (Path(urllib.parse.urlsplit(url).path).name or 'data')}")
+    if dest.is_file():
+        try:
+            _verified(dest.read_bytes(), spec, dest)
+            return dest
+        except DatasetError:
+            pass  # a stale or damaged copy: download again
+    try:
+        _download(url, dest, spec, timeout, deadline, max_bytes=2_000_000_000, parse=lambda data, name: None)
+    except urllib.error.HTTPError as e:
+        e.close()
+        raise DatasetError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        raise DatasetError(f"{url}: {type(e).__name__}: {e}") from None
+    return dest
 
 
 def mnist(path=None, **kwargs):

@@ -45,6 +45,12 @@ def save(model, folder, arch=None, arch_kwargs=None, classes=None, input_shape=(
     """
     from safetensors.torch import save_file
     from . import __version__
+    if mean is None or std is None:
+        import warnings
+        warnings.warn(f"saving {folder} without mean= and std=: netfit.load(...).predict will feed inputs to the "
+                      "model as given. Pass the training statistics (mean=x.mean(), std=x.std() of the raw "
+                      "training pixels) to have raw [0, 1] pixels normalised, or mean=0, std=1 if the model "
+                      "was trained on raw pixels", stacklevel=3)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -64,14 +70,24 @@ def save(model, folder, arch=None, arch_kwargs=None, classes=None, input_shape=(
 
 
 class Predictor:
-    """A model rebuilt from an export, with its normalisation: give it raw pixels in [0, 1]."""
+    """A model rebuilt from an export, with its normalisation: give it raw pixels in [0, 1] (uint8 images
+    are divided by 255)."""
 
     def __init__(self, model, meta):
         self.model, self.meta = model.eval(), meta
         self.classes = meta.get("classes")
 
     def _prepare(self, x):
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        a = np.asarray(x)
+        if a.dtype.kind not in "biuf":
+            raise ExportError(f"inputs must be numbers (pixels in [0, 1]); got dtype {a.dtype}")
+        x = torch.as_tensor(a.astype(np.float32) / 255 if a.dtype == np.uint8 else a.astype(np.float32, copy=False))
+        if not torch.isfinite(x).all():
+            raise ExportError(f"inputs hold {int((~torch.isfinite(x)).sum())} NaN or infinite values; expected pixels in [0, 1]")
+        if self.meta.get("mean") is not None and len(x) and (x.min() < -0.01 or x.max() > 1.01):
+            raise ExportError(f"inputs range from {x.min().item():g} to {x.max().item():g}; expected raw pixels in "
+                              "[0, 1] (divide 0..255 pixels by 255; the model normalises them with its own mean "
+                              "and std)")
         n_in = int(np.prod(self.meta["input_shape"]))
         if x.ndim == 1 or (x.ndim == 2 and x.shape == tuple(self.meta["input_shape"][-2:]) and n_in != x.shape[-1]):
             x = x.reshape(1, -1)

@@ -12,6 +12,7 @@ summed there and read once per epoch.
 """
 import contextlib
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -203,7 +204,10 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     if (resume or checkpoint_every) and checkpoint is None:
         given = "resume=True" if resume else f"checkpoint_every={checkpoint_every!r}"
         raise FitError(f"{given} needs checkpoint='path/to/ckpt' to save to; got checkpoint=None")
-    _check_args(crit, metrics, callbacks, checkpoint_every)
+    _check_args(crit, metrics, callbacks, checkpoint_every, EVENTS)
+    if checkpoint is not None and os.path.isdir(checkpoint):
+        raise FitError(f"checkpoint={str(checkpoint)!r} is a folder; expected a file path such as "
+                       f"{os.path.join(str(checkpoint), 'ckpt.pt')!r}")
     trn_dl, val_dl = _loaders(data)
     device = _model_device(model)
     distributed = dist_setup(device)
@@ -237,6 +241,13 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         resume_at = _restore(run, checkpoint)
         if resume_at is not None:
             start_epoch = resume_at["epoch"]
+            order = resume_at.get("order")
+            if order is not None and hasattr(trn_dl, "x") and len(order) != len(trn_dl.x):
+                raise FitError(f"{checkpoint}: the checkpoint stopped mid-epoch over {len(order)} training rows; "
+                               f"the data has {len(trn_dl.x)}. Resume with the data it was saved with")
+            if start_epoch >= int(epochs) and resume_at["batch"] == 0:
+                warnings.warn(f"{checkpoint} already holds {start_epoch} epochs and epochs={int(epochs)}: nothing "
+                              "left to train (pass a larger epochs to train on)", stacklevel=2)
     history.info["seed"] = run.seed
     why_not = graph_plan(run, trn_dl, callbacks, fast)
     graphed = None if why_not else GraphedStep(model, opt, crit, trn_dl, run.amp_dtype, device.type == "cuda")
@@ -507,15 +518,17 @@ def _validate(model, dl, crit, metrics, device, rank=0, world=1):
     model.eval()
     sums, n = [], 0
     batches = dl.batches(None, 0, rank, world) if hasattr(dl, "batches") else dl
-    with torch.no_grad():
-        for b in batches:
-            xb, yb = _batch(b, device)
-            preds = model(xb)
-            figures = [crit(preds, yb)] + [m(preds, yb) for m in metrics]
-            sums.append(torch.stack([torch.as_tensor(f, device=device).detach().float().reshape(()) for f in figures])
-                        * len(yb))
-            n += len(yb)
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            for b in batches:
+                xb, yb = _batch(b, device)
+                preds = model(xb)
+                figures = [crit(preds, yb)] + [m(preds, yb) for m in metrics]
+                sums.append(torch.stack([torch.as_tensor(f, device=device).detach().float().reshape(())
+                                         for f in figures]) * len(yb))
+                n += len(yb)
+    finally:  # also after Ctrl-C or a failing metric: the user's model keeps its mode
+        model.train(was_training)
     total = torch.stack(sums).sum(0) if sums else torch.zeros(1 + len(metrics), device=device)
     total = dist_all_reduce_sum(torch.cat([total, torch.tensor([float(n)], device=device)]))
     values = (total[:-1] / total[-1]).tolist()

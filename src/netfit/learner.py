@@ -88,6 +88,8 @@ class Learner:
         return self
 
     def export(self, path, **kwargs):
-        """`netfit.export.save(model, path, **kwargs)`: a folder `netfit.export.load` turns into a predictor."""
+        """`netfit.export.save(model, path, **kwargs)`: a folder `netfit.export.load` turns into a predictor.
+
+        Pass `mean=` and `std=` (the raw training pixels' statistics) so the predictor normalises raw inputs."""
         from .export import save
         return save(self.model, path, **kwargs)

@@ -16,6 +16,7 @@ def accuracy(preds, targs):
     """Fraction of rows whose argmax over classes equals the target.
 
     preds: (N, C) scores, probabilities or log-probabilities, or (N,) predicted labels.
+    targs: (N,) labels (a column (N, 1) is read as (N,)).
     Works on torch tensors (returns a 0-d tensor, on the same device) and numpy arrays (returns a float).
 
     Example:
@@ -24,11 +25,29 @@ def accuracy(preds, targs):
     """
     if isinstance(preds, torch.Tensor):
         targs = torch.as_tensor(targs, device=preds.device)
+        targs = targs.reshape(-1) if targs.ndim == 2 and targs.shape[1] == 1 else targs
+        _check_pair(preds, targs, preds.is_floating_point() and preds.ndim == 1
+                    and not bool((preds == preds.round()).all()))
         labels = preds.argmax(dim=1) if preds.ndim > 1 else preds
         return (labels == targs).float().mean()
     preds, targs = np.asarray(preds), np.asarray(targs)
+    targs = targs.reshape(-1) if targs.ndim == 2 and targs.shape[1] == 1 else targs
+    _check_pair(preds, targs, preds.dtype.kind == "f" and preds.ndim == 1 and not (preds == np.round(preds)).all())
     labels = preds.argmax(axis=1) if preds.ndim > 1 else preds
     return float((labels == targs).mean())
+
+
+def _check_pair(preds, targs, fractional_labels):
+    """DataError unless preds are (N, C) scores or (N,) labels and targs are (N,) labels."""
+    from .data import DataError
+    p, t = tuple(preds.shape), tuple(targs.shape)
+    if len(p) not in (1, 2):
+        raise DataError(f"preds must be (N, C) class scores or (N,) labels; got shape {p}")
+    if fractional_labels:
+        raise DataError(f"preds of shape {p} hold fractions, not labels; expected (N, C) class scores "
+                         "(one column per class) or (N,) integer labels")
+    if len(t) != 1 or t[0] != p[0]:
+        raise DataError(f"targs must be one label per row of preds, shape ({p[0]},); got shape {t}")
 
 
 def error_rate(preds, targs):

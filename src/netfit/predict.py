@@ -25,6 +25,14 @@ def _outputs(model, dl):
     if not isinstance(model, nn.Module):
         raise FitError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     device = _model_device(model)
+    if dl is None:
+        raise DataError("got None instead of a loader or an array (md.test_dl is None when md has no test set)")
+    if hasattr(dl, "trn_dl") and hasattr(dl, "val_dl"):
+        raise DataError(f"got the whole {type(dl).__name__}; pass one of its loaders: md.val_dl (or md.test_dl)")
+    if isinstance(getattr(dl, "sampler", None), torch.utils.data.RandomSampler):
+        import warnings
+        warnings.warn("this DataLoader shuffles (shuffle=True), so the predictions come in a random order that "
+                      "matches no label array; predict on a loader with shuffle=False", stacklevel=3)
     if isinstance(dl, (np.ndarray, torch.Tensor)):  # a bare array: batch it in order
         from .data import ArrayLoader, as_tensors
         dl = ArrayLoader(as_tensors(dl, None, "x")[0], None, bs=1024)

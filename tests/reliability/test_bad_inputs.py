@@ -60,6 +60,21 @@ training: the weights are unchanged, the optimizer has no state, no callback eve
 51  model not an nn.Module                       predict                    FitError
 52  a loader without labels                      predict_with_targs         DataError
 53  feature count not the model's                Predictor.predict          ExportError
+54  NLL loss on raw scores (no LogSoftmax)       fit                        FitError
+55  NLL loss on probabilities (Softmax)          fit                        FitError
+56  LogSoftmax over the batch (dim=0)            fit                        FitError
+57  a float64 model on float32 data              fit                        DataError
+58  BatchNorm with a 1-row last batch            fit                        DataError
+59  a callback class instead of an instance      fit                        FitError
+60  a negative learning rate                     fit                        FitError
+61  a checkpoint path that is a folder           fit                        FitError
+62  labels of a single class                     from_arrays                DataError
+63  targets of another length                    accuracy                   DataError
+64  fractions as predicted labels                accuracy                   DataError
+65  the whole ImageClassifierData                predict                    DataError
+66  None (md.test_dl without a test set)         predict                    DataError
+67  NaN in the inputs                            Predictor.predict          ExportError
+68  0..255 floats for a normalising export       Predictor.predict          ExportError
 
 Then: a loss that becomes NaN stops training with an error naming epoch and step and leaves the
 last good checkpoint as it was (`on_nan="warn"` warns and goes on), and the CLI prints such errors
@@ -91,6 +106,12 @@ def with_nan(a, value=float("nan")):
     a = a.copy()
     a.flat[7] = value
     return a
+
+
+def with_lr(opt, lr):
+    """`opt` with a rate set after construction (where torch's own check no longer sees it)."""
+    opt.param_groups[0]["lr"] = lr
+    return opt
 
 
 def net4(n_out=3):
@@ -218,6 +239,42 @@ CASES = [
     ("feature count not the model's (Predictor)",
      lambda c: Predictor(logreg(), {"input_shape": [784]}).predict(np.zeros((2, 100))),
      ExportError, ["expects 784 features", "got 100"]),
+    ("NLL loss on raw scores (no LogSoftmax)", trains(make_net=lambda: net4()[:3], crit=nn.NLLLoss()), FitError,
+     ["NLLLoss needs log-probabilities", "rows sum to", "nn.LogSoftmax(dim=1)", "nn.CrossEntropyLoss()"]),
+    ("NLL loss on probabilities (Softmax)", trains(make_net=lambda: nn.Sequential(*net4()[:3], nn.Softmax(dim=1)),
+                                                   crit=nn.NLLLoss()), FitError,
+     ["NLLLoss needs log-probabilities", "look like probabilities", "instead of nn.Softmax"]),
+    ("LogSoftmax over the batch (dim=0)", trains(make_net=lambda: nn.Sequential(*net4()[:3], nn.LogSoftmax(dim=0)),
+                                                 crit=nn.NLLLoss()), FitError,
+     ["needs log-probabilities", "LogSoftmax(dim=0)", "use nn.LogSoftmax(dim=1)"]),
+    ("a float64 model on float32 data", trains(make_net=lambda: net4().double()), DataError,
+     ["parameters are float64", "inputs are float32", "net.float()"]),
+    ("BatchNorm with a 1-row last batch",
+     trains(make_net=lambda: nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)),
+            data=lambda: md_of(x=X[:65], y=Y[:65], bs=64)), DataError,
+     ["last training batch holds 1 row", "65 rows in batches of 64", "BatchNorm"]),
+    ("a callback class instead of an instance", trains(callbacks=[Callback]), FitError,
+     ["callback objects", "got the class Callback", "pass Callback()"]),
+    ("a negative learning rate", trains(opt=lambda m: with_lr(optim.SGD(m.parameters(), lr=0.1), -0.1)), FitError,
+     ["learning rate must be a finite number >= 0", "got lr=-0.1"]),
+    ("a checkpoint path that is a folder", trains(checkpoint="."), FitError,
+     ["checkpoint='.' is a folder", "expected a file path"]),
+    ("labels of a single class", lambda c: md_of(y=Y * 0, yv=Y[:20] * 0), DataError,
+     ["a single class (0)", "at least 2"]),
+    ("targets of another length", lambda c: accuracy(np.eye(3)[Y % 3], Y[:10]), DataError,
+     ["targs must be one label per row", "shape (100,)", "got shape (10,)"]),
+    ("fractions as predicted labels", lambda c: accuracy(np.array([.9, .2, .7]), np.array([1, 0, 1])), DataError,
+     ["hold fractions, not labels", "(N, C) class scores"]),
+    ("the whole ImageClassifierData (predict)", lambda c: predict(net4(), md_of()), DataError,
+     ["whole ImageClassifierData", "md.val_dl"]),
+    ("None (predict)", lambda c: predict(net4(), md_of().test_dl), DataError,
+     ["got None", "no test set"]),
+    ("NaN in the inputs (Predictor)",
+     lambda c: Predictor(logreg(), {"input_shape": [784], "mean": 0.1, "std": 0.3}).predict(with_nan(np.zeros((2, 784)))),
+     ExportError, ["1 NaN or infinite", "pixels in [0, 1]"]),
+    ("0..255 floats for a normalising export",
+     lambda c: Predictor(logreg(), {"input_shape": [784], "mean": 0.1, "std": 0.3}).predict(np.full((2, 784), 200.0)),
+     ExportError, ["range from 200 to 200", "raw pixels in [0, 1]", "divide 0..255 pixels by 255"]),
 ]
 
 

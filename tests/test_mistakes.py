@@ -1,0 +1,221 @@
+"""Mistakes a student makes that still run, and get a warning naming them; and the lesson's own code
+(which must run without any warning)."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn, optim
+
+from netfit import (Callback, DataError, ImageClassifierData, T, V, accuracy, fit, predict, to_np)
+from netfit.cli import main
+from netfit.export import Predictor, save
+from netfit.models import logreg
+
+rng = np.random.default_rng(0)
+X = rng.random((300, 784), dtype=np.float32)  # pixels in [0, 1], as the lesson's pickle holds them
+Y = (X[:, :10].argmax(1)).astype(np.int64)     # learnable labels 0..9
+MEAN, STD = X.mean(), X.std()
+XN = (X - MEAN) / STD
+
+
+def md_of(x=XN, y=Y, xv=None, yv=None, **kw):
+    return ImageClassifierData.from_arrays("data", (x, y), (XN[:100] if xv is None else xv, Y[:100] if yv is None
+                                                            else yv), device="cpu", **kw)
+
+
+def warned(fn):
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        result = fn()
+    return [str(m.message) for m in w], result
+
+
+def lesson_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(784, 10), nn.LogSoftmax(dim=1))
+
+
+def test_the_lessons_code_runs_without_a_warning():
+    def lesson():
+        md = md_of()
+        net = lesson_net()
+        fit(net, md, epochs=1, crit=nn.NLLLoss(), opt=optim.Adam(net.parameters()), metrics=[accuracy], verbose=False)
+        preds = predict(net, md.val_dl).argmax(1)
+        return np.mean(preds == md.val_y)
+    messages, acc = warned(lesson)
+    assert messages == [] and acc > 0.15
+
+
+@pytest.mark.parametrize("x, xv, fragment", [
+    (X * 255, XN[:100], "the training inputs range from"),          # pixels left in 0..255
+    (XN, X[:100], "x_valid (mean"),                                  # x_valid not normalised like x
+    (XN, XN[:100] * 10, "scaled differently from x"),
+])
+def test_inputs_scaled_badly_get_a_warning(x, xv, fragment):
+    messages, _ = warned(lambda: md_of(x=x, xv=xv))
+    assert any(fragment in m for m in messages), messages
+
+
+def test_labels_starting_at_1_get_a_warning():
+    messages, md = warned(lambda: md_of(y=Y + 1, yv=Y[:100] + 1))
+    assert md.c == 11 and any("no training or validation label is 0" in m and "pass y - 1" in m for m in messages)
+
+
+def test_softmax_then_cross_entropy_gets_a_warning():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(784, 10), nn.Softmax(dim=1))
+    messages, _ = warned(lambda: fit(net, md_of(), 1, optim.Adam(net.parameters()), nn.CrossEntropyLoss(),
+                                     verbose=False))
+    assert any("softmax is applied twice" in m for m in messages), messages
+
+
+def test_log_softmax_then_cross_entropy_is_left_alone():  # harmless: log-softmax of log-probabilities changes nothing
+    net = lesson_net()
+    messages, _ = warned(lambda: fit(net, md_of(), 1, optim.Adam(net.parameters()), nn.CrossEntropyLoss(),
+                                     verbose=False))
+    assert messages == []
+
+
+class Misspelled(Callback):
+    def __init__(self):
+        self.calls = 0
+
+    def after_epcoh(self, run):
+        self.calls += 1
+
+    def on_epoch_end(self, run):  # fastai 0.7/1's name
+        self.calls += 1
+
+
+def test_misspelled_callback_events_get_a_warning_with_the_right_name():
+    net, cb = lesson_net(), Misspelled()
+    messages, _ = warned(lambda: fit(net, md_of(), 1, optim.Adam(net.parameters()), callbacks=[cb], verbose=False))
+    assert any("Misspelled.after_epcoh is not a training event" in m and "did you mean after_epoch" in m
+               for m in messages), messages
+    assert any("on_epoch_end" in m and "did you mean after_epoch" in m for m in messages)
+    assert cb.calls == 0
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path):
+    net = lesson_net()
+    opt = optim.Adam(net.parameters())
+    fit(net, md_of(), 2, opt, checkpoint=tmp_path / "ckpt", verbose=False)
+    messages, h = warned(lambda: fit(net, md_of(), 1, opt, checkpoint=tmp_path / "ckpt", resume=True, verbose=False))
+    assert any("already holds 2 epochs and epochs=1" in m for m in messages) and len(h.records) == 2
+
+
+def test_resuming_mid_epoch_on_other_data_is_refused(tmp_path):
+    from netfit import FitError
+
+    class Stop(Callback):
+        def after_batch(self, run):
+            if run.step == 2:
+                raise KeyboardInterrupt
+    net = lesson_net()
+    with pytest.raises(KeyboardInterrupt):
+        fit(net, md_of(), 1, optim.Adam(net.parameters()), callbacks=[Stop()], checkpoint=tmp_path / "ckpt",
+            checkpoint_every=1, verbose=False)
+    with pytest.raises(FitError, match="mid-epoch over 300 training rows; the data has 200"):
+        fit(net, md_of(x=XN[:200], y=Y[:200]), 1, optim.Adam(net.parameters()), checkpoint=tmp_path / "ckpt",
+            resume=True, verbose=False)
+
+
+def test_validation_leaves_the_model_in_its_mode_when_a_metric_fails():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(784, 10), nn.Dropout(0.5), nn.LogSoftmax(dim=1))
+
+    def broken(preds, targs):
+        raise RuntimeError("broken metric")
+    with pytest.raises(RuntimeError, match="broken metric"):
+        fit(net, md_of(), 1, optim.Adam(net.parameters()), metrics=[broken], verbose=False)
+    assert net.training
+
+
+def test_predict_on_a_shuffling_dataloader_gets_a_warning():
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(XN), torch.tensor(Y)), batch_size=64,
+                                     shuffle=True)
+    messages, _ = warned(lambda: predict(lesson_net(), dl))
+    assert any("shuffles" in m and "shuffle=False" in m for m in messages)
+
+
+def test_accuracy_reads_a_column_of_targets_as_a_vector():
+    p = np.eye(4)[[0, 1, 2, 3]]
+    assert accuracy(p, np.array([[0], [1], [2], [3]])) == 1.0
+    assert accuracy(torch.tensor(p), torch.tensor([[0], [1], [2], [0]])).item() == 0.75
+    assert accuracy(np.array([0.0, 1.0, 2.0]), np.array([0, 1, 1])) == pytest.approx(2 / 3)  # float labels are fine
+
+
+def test_the_lessons_hand_written_loop_gets_len_of_an_iterator():
+    md = md_of()
+    dl = iter(md.trn_dl)
+    batches = [next(dl) for t in range(len(dl))]
+    assert len(batches) == len(md.trn_dl) == 5 and sum(len(yb) for _, yb in batches) == 300
+    with pytest.raises(StopIteration):
+        next(dl)
+
+
+def test_fastai_helpers_T_V_to_np():
+    t = T(np.array([1, 2]), device="cpu")
+    assert t.dtype == torch.int64 and T(np.array([0.5]), device="cpu").dtype == torch.float32
+    w = V(np.ones(3, "float64"), requires_grad=True, device="cpu")
+    (w * 2).sum().backward()
+    assert w.dtype == torch.float32 and torch.equal(w.grad, torch.full((3,), 2.0))
+    np.testing.assert_array_equal(to_np(w * 2), np.full(3, 2.0, "float32"))
+    a, b = to_np((torch.ones(2, dtype=torch.bfloat16), torch.zeros(1)))
+    assert a.dtype == np.float32 and b.shape == (1,)
+
+
+def test_predictor_scales_uint8_pixels_like_floats_in_0_1():
+    p = Predictor(logreg(), {"input_shape": [784], "mean": float(MEAN), "std": float(STD)})
+    pixels = (X[:20] * 255).round().astype(np.uint8)
+    np.testing.assert_allclose(p.predict_proba(pixels), p.predict_proba(pixels / np.float32(255)), atol=1e-5)
+
+
+def test_an_export_without_normalisation_gets_a_warning(tmp_path):
+    messages, _ = warned(lambda: save(logreg(), tmp_path / "a", arch="logreg"))
+    assert any("without mean= and std=" in m for m in messages)
+    messages, _ = warned(lambda: save(logreg(), tmp_path / "b", arch="logreg", mean=MEAN, std=STD))
+    assert messages == []
+
+
+@pytest.fixture
+def digits_pickle(tmp_path):
+    import gzip
+    import pickle
+    path = tmp_path / "mnist.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump(((X[:200], Y[:200]), (X[200:], Y[200:]), (X[:50], Y[:50])), f)
+    return path
+
+
+def test_cli_names_the_dataset_from_the_data_path(digits_pickle, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--data-path", str(digits_pickle), "--model", "logreg", "--epochs", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["data"] == "mnist" and json.loads((out / "model.json").read_text())["classes"] == [str(i) for i in range(10)]
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    assert main(["train", "--data-path", str(folder), "--out", str(out)]) == 1  # a folder named nothing: ask
+
+
+def test_cli_resume_refuses_other_options(digits_pickle, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--data-path", str(digits_pickle), "--model", "logreg", "--quiet", "--out", str(out)]
+    assert main(base + ["--epochs", "1", "--bs", "32"]) == 0
+    assert main(base + ["--epochs", "2", "--bs", "64", "--resume"]) == 1
+    assert "--bs 32 (got 64)" in capsys.readouterr().err
+    assert main(base + ["--epochs", "2", "--bs", "32", "--resume"]) == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_device_cuda_without_cuda_is_an_error(digits_pickle, tmp_path, capsys):
+    assert main(["train", "--data-path", str(digits_pickle), "--device", "cuda", "--out", str(tmp_path / "r")]) == 1
+    assert "CUDA is not available here" in capsys.readouterr().err
+
+
+def test_single_class_and_bad_targets_are_data_errors():
+    with pytest.raises(DataError, match="single class"):
+        md_of(y=Y * 0, yv=Y[:100] * 0)
