@@ -128,7 +128,7 @@ def test_set_lrs():
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4]
     with pytest.raises(ValueError):
         set_lrs(opt, [1e-3])
-    with pytest.raises(ValueError, match="Invalid learning rate"):
+    with pytest.raises(ValueError, match="learning rates must be finite numbers >= 0; got -1"):
         set_lrs(opt, -1)
 
 

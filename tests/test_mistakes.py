@@ -219,3 +219,35 @@ def test_cli_device_cuda_without_cuda_is_an_error(digits_pickle, tmp_path, capsy
 def test_single_class_and_bad_targets_are_data_errors():
     with pytest.raises(DataError, match="single class"):
         md_of(y=Y * 0, yv=Y[:100] * 0)
+
+
+def test_plots_titles_from_a_tensor_of_labels_read_as_numbers():
+    from netfit import plots
+    fig = plots(X[:4].reshape(-1, 28, 28), titles=torch.tensor([1, 2, 3, 4]))  # the lesson's preds.data.max(1)[1]
+    assert [ax.get_title() for ax in fig.axes] == ["1", "2", "3", "4"]
+    with pytest.raises(ValueError, match="one label per image"):
+        plots(X[:3].reshape(-1, 28, 28), titles="abc")
+
+
+def test_a_mistyped_label_gets_a_warning():
+    y = Y.copy()
+    y[7] = 1_000_000
+    messages, md = warned(lambda: md_of(y=y))
+    assert any("run up to 1000000" in m and "only 11 distinct labels" in m for m in messages), messages
+
+
+def test_set_lrs_refuses_an_infinite_rate():
+    from netfit import set_lrs
+    opt = optim.SGD(lesson_net().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="finite numbers >= 0; got inf"):
+        set_lrs(opt, float("inf"))
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+@pytest.mark.parametrize("flags, message", [(["--lr", "inf"], "--lr must be a positive finite number"),
+                                            (["--lr", "0"], "--lr must be a positive finite number"),
+                                            (["--momentum", "5"], "--momentum must be in [0, 1)"),
+                                            (["--wd", "-1"], "--wd must be 0 or more")])
+def test_cli_refuses_impossible_rates(flags, message, digits_pickle, tmp_path, capsys):
+    assert main(["train", "--data-path", str(digits_pickle), "--out", str(tmp_path / "r")] + flags) == 1
+    assert message in capsys.readouterr().err

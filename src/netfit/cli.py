@@ -16,6 +16,7 @@ Errors print one line; `--debug` shows the traceback.
 """
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -162,6 +163,12 @@ def train(args):
         raise ValueError(f"--checkpoint-every must be at least 1; got {args.checkpoint_every}")
     if args.accumulate < 1:
         raise ValueError(f"--accumulate must be at least 1; got {args.accumulate}")
+    if args.lr is not None and not 0 < args.lr < math.inf:
+        raise ValueError(f"--lr must be a positive finite number; got {args.lr}")
+    if args.wd < 0 or not math.isfinite(args.wd):
+        raise ValueError(f"--wd must be 0 or more; got {args.wd}")
+    if not 0 <= args.momentum < 1:
+        raise ValueError(f"--momentum must be in [0, 1); got {args.momentum}")
     if args.clip is not None and not args.clip > 0:
         raise ValueError(f"--clip must be positive; got {args.clip}")
     if args.early_stop is not None and args.early_stop < 0:

@@ -262,6 +262,12 @@ class ImageClassifierData:
             warnings.warn(f"no training or validation label is 0, yet classes are counted from 0 (labels run "
                           f"{int(y.min())}..{n_seen - 1}, so the model gets {n_seen} outputs); if the labels "
                           "start at 1, pass y - 1", stacklevel=3)
+        if classes is None and n_seen > 20:
+            distinct = len(torch.unique(torch.cat([y, yv]) if yv is not None else y))
+            if distinct < n_seen / 2:
+                warnings.warn(f"the labels run up to {n_seen - 1}, so the model gets {n_seen} outputs, but only "
+                              f"{distinct} distinct labels occur; check for a mistyped label, or map the labels "
+                              "to 0..C-1 (e.g. np.unique(y, return_inverse=True)[1])", stacklevel=3)
         if classes is not None:
             classes = list(classes)
             if n_seen > len(classes):

@@ -107,8 +107,8 @@ def set_lrs(opt, lr):
     if len(lrs) != len(opt.param_groups):
         raise ValueError(f"got {len(lrs)} learning rates for {len(opt.param_groups)} param groups")
     for group, rate in zip(opt.param_groups, lrs):
-        if not rate >= 0:
-            raise ValueError(f"Invalid learning rate: {rate}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) or not 0 <= rate < math.inf:
+            raise ValueError(f"learning rates must be finite numbers >= 0; got {rate!r}")
         group["lr"] = float(rate)
 
 

@@ -46,6 +46,8 @@ def show(img, title=None, ax=None, figsize=(3, 3)):
     ax.imshow(_image(img), cmap="gray")
     ax.axis("off")
     if title is not None:
+        if hasattr(title, "item") and getattr(title, "ndim", None) == 0:
+            title = title.item()  # a label from preds[:8] reads "3", not "tensor(3)"
         ax.set_title(str(title))
     return fig
 
@@ -65,6 +67,8 @@ def plots(ims, figsize=(12, 6), rows=2, titles=None, colors=None):
     ims = list(ims)
     if not ims:
         raise ValueError("plots needs at least one image; got none")
+    if isinstance(titles, str):
+        raise ValueError(f"titles must be one label per image (a list or array); got the string {titles!r}")
     if titles is not None and len(titles) != len(ims):
         raise ValueError(f"got {len(titles)} titles for {len(ims)} images; expected one per image")
     rows = max(1, min(int(rows), len(ims)))
