@@ -251,3 +251,8 @@ def test_set_lrs_refuses_an_infinite_rate():
 def test_cli_refuses_impossible_rates(flags, message, digits_pickle, tmp_path, capsys):
     assert main(["train", "--data-path", str(digits_pickle), "--out", str(tmp_path / "r")] + flags) == 1
     assert message in capsys.readouterr().err
+
+
+def test_predict_takes_rows_as_nested_lists():
+    net = lesson_net()
+    np.testing.assert_array_equal(predict(net, XN[:5].tolist()), predict(net, XN[:5]))

@@ -33,6 +33,8 @@ def _outputs(model, dl):
         import warnings
         warnings.warn("this DataLoader shuffles (shuffle=True), so the predictions come in a random order that "
                       "matches no label array; predict on a loader with shuffle=False", stacklevel=3)
+    if isinstance(dl, list) and dl and isinstance(dl[0], (list, int, float)):  # x.tolist(): rows of numbers
+        dl = np.asarray(dl, dtype=np.float32)
     if isinstance(dl, (np.ndarray, torch.Tensor)):  # a bare array: batch it in order
         from .data import ArrayLoader, as_tensors
         dl = ArrayLoader(as_tensors(dl, None, "x")[0], None, bs=1024)

@@ -75,6 +75,7 @@ training: the weights are unchanged, the optimizer has no state, no callback eve
 66  None (md.test_dl without a test set)         predict                    DataError
 67  NaN in the inputs                            Predictor.predict          ExportError
 68  0..255 floats for a normalising export       Predictor.predict          ExportError
+69  an (x, y) pair of arrays as data             fit                        FitError
 
 Then: a loss that becomes NaN stops training with an error naming epoch and step and leaves the
 last good checkpoint as it was (`on_nan="warn"` warns and goes on), and the CLI prints such errors
@@ -275,6 +276,8 @@ CASES = [
     ("0..255 floats for a normalising export",
      lambda c: Predictor(logreg(), {"input_shape": [784], "mean": 0.1, "std": 0.3}).predict(np.full((2, 784), 200.0)),
      ExportError, ["range from 200 to 200", "raw pixels in [0, 1]", "divide 0..255 pixels by 255"]),
+    ("an (x, y) pair of arrays as data", trains(data=lambda: (X, Y)), FitError,
+     ["(x, y) pair of arrays", "ImageClassifierData.from_arrays"]),
 ]
 
 
