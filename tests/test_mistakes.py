@@ -256,3 +256,11 @@ def test_cli_refuses_impossible_rates(flags, message, digits_pickle, tmp_path, c
 def test_predict_takes_rows_as_nested_lists():
     net = lesson_net()
     np.testing.assert_array_equal(predict(net, XN[:5].tolist()), predict(net, XN[:5]))
+
+
+def test_compare_reads_the_lessons_pickle(digits_pickle, tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--data", str(digits_pickle), "--quick", "--models", "logreg", "--quiet",
+                 "--out", str(out)]) == 0
+    info = json.loads((out / "compare.json").read_text())
+    assert "mnist.pkl.gz" in json.dumps(info) and (out / "compare.md").is_file()

@@ -85,8 +85,9 @@ def build_parser():
                        "accuracy, train seconds, predict seconds per 1,000 rows, parameters, size) and write "
                        "compare.md, compare.json and PNGs (accuracy against train time, a confusion matrix per "
                        "model, the best model's top losses) to --out.")
-    c.add_argument("--data", default="fashion-mnist", help="mnist, fashion-mnist, or a CSV in Kaggle's "
-                   "digit-recognizer layout (label, pixel0..pixel783; 20%% of rows validate) (default: fashion-mnist)")
+    c.add_argument("--data", default="fashion-mnist", help="mnist, fashion-mnist, an mnist.pkl.gz (or a "
+                   "folder of IDX files), or a CSV in Kaggle's digit-recognizer layout (label, pixel0..pixel783; "
+                   "20%% of rows validate) (default: fashion-mnist)")
     c.add_argument("--models", default=None, help="comma-separated, from forest,sklearn-logreg,logreg,mlp,cnn "
                    "(default: all; cnn only for square images)")
     c.add_argument("--quick", action="store_true", help="subsample (10,000 train, 5,000 valid and test rows) and "
@@ -110,17 +111,16 @@ _RUN_OPTIONS = ("data", "model", "bs", "opt", "lr", "momentum", "wd", "seed", "s
 
 
 def _data_named_by(path):
-    """The dataset a --data-path names ("fashion" or "mnist" in it; a pickle is the lesson's
-    mnist.pkl.gz format); fashion-mnist without a path (or one that does not exist: loading says so)."""
+    """The dataset --data-path names (`datasets.named_by`); fashion-mnist without a path (or with one
+    that does not exist: loading it says so)."""
+    from .datasets import named_by
     if path is None or not Path(path).exists():
         return "fashion-mnist"
-    name = str(path).lower()
-    if "fashion" in name:
-        return "fashion-mnist"
-    if "mnist" in name or Path(path).is_file():
-        return "mnist"
-    raise ValueError(f"--data-path {path}: its name does not say which dataset it holds; add --data mnist "
-                     "or --data fashion-mnist (the class names depend on it)")
+    name = named_by(path)
+    if name is None:
+        raise ValueError(f"--data-path {path}: its name does not say which dataset it holds; add --data mnist "
+                         "or --data fashion-mnist (the class names depend on it)")
+    return name
 
 
 def _check_resume(args, out):

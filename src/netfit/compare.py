@@ -406,7 +406,7 @@ def compare_command(args):
     """Run `netfit compare` with parsed CLI `args`; returns the Comparison."""
     budget = QUICK if args.quick else FULL
     forest_kwargs = {"n_estimators": args.n_estimators} if args.n_estimators is not None else None
-    stem = Path(args.data).stem if args.data.lower().endswith(".csv") else args.data
+    stem = Path(args.data).name.split(".")[0] if Path(args.data).exists() else args.data  # mnist.pkl.gz -> mnist
     out = args.out or f"runs/compare-{stem}" + ("-quick" if args.quick else "")
     return compare(args.models, args.data, quick=args.quick, out=out, forest_kwargs=forest_kwargs,
                    epochs=args.epochs, verbose=not args.quiet, seed=args.seed, device=args.device, budget=budget)

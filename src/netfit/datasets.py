@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["mnist", "fashion_mnist", "load", "get_data", "read_idx", "DatasetError", "DATASETS", "DatasetSpec",
+__all__ = ["mnist", "fashion_mnist", "load", "get_data", "named_by", "read_idx", "DatasetError", "DATASETS", "DatasetSpec",
            "FileSpec", "FASHION_CLASSES", "cache_dir"]
 
 
@@ -440,6 +440,23 @@ def get_data(url, dest, sha256=None, md5=None, timeout=30.0, deadline=600.0):
     except (OSError, http.client.HTTPException, ValueError) as e:
         raise DatasetError(f"{url}: {type(e).__name__}: {e}") from None
     return dest
+
+
+def named_by(path):
+    """The dataset a file or folder's name says it holds: "fashion-mnist" when "fashion" is in it, else
+    "mnist" when "mnist" is, or when it is a file (a pickle is the lesson's mnist.pkl.gz format); None
+    when the name does not say.
+
+    Example:
+        >>> named_by("/usr/share/datasets/fashion-mnist"), named_by("data/mnist/mnist.pkl.gz"), named_by("data/x")
+        ('fashion-mnist', 'mnist', None)
+    """
+    name = str(path).lower()
+    if "fashion" in name:
+        return "fashion-mnist"
+    if "mnist" in name or Path(path).is_file():
+        return "mnist"
+    return None
 
 
 def mnist(path=None, **kwargs):

@@ -53,12 +53,17 @@ def load_split(data, valid=None, test=None, *, classes=None, valid_frac=0.2, see
         (['a', 'b'], 40, 10)
     """
     from . import datasets
+    name, path = None, None
     if isinstance(data, str) and data in datasets.DATASETS:
+        name = data
+    elif isinstance(data, (str, Path)) and not str(data).lower().endswith(".csv") and Path(data).exists():
+        name, path = datasets.named_by(data), data  # an mnist.pkl.gz or a folder of IDX files
+    if name is not None:
         if valid is not None or test is not None:
-            raise DataError(f"{data!r} brings its own validation and test splits; pass valid=None and test=None")
-        (x, y), (xv, yv), (xt, yt) = datasets.load(data)
-        names = list(classes) if classes is not None else list(datasets.DATASETS[data].classes)
-        return {"train": (x, y), "valid": (xv, yv), "test": (xt, yt)}, names, data
+            raise DataError(f"{str(data)!r} brings its own validation and test splits; pass valid=None and test=None")
+        (x, y), (xv, yv), (xt, yt) = datasets.load(name, path)
+        names = list(classes) if classes is not None else list(datasets.DATASETS[name].classes)
+        return {"train": (x, y), "valid": (xv, yv), "test": (xt, yt)}, names, str(data)
     if isinstance(data, str) and not data.lower().endswith(".csv") and not Path(data).exists():
         raise DataError(f"data {data!r} is neither a dataset ({', '.join(datasets.DATASETS)}) nor an existing "
                         "CSV file; expected one of those or an (x, y) pair")
