@@ -264,3 +264,12 @@ def test_compare_reads_the_lessons_pickle(digits_pickle, tmp_path):
                  "--out", str(out)]) == 0
     info = json.loads((out / "compare.json").read_text())
     assert "mnist.pkl.gz" in json.dumps(info) and (out / "compare.md").is_file()
+
+
+def test_a_notebook_cell_ending_in_fit_shows_the_table_once():
+    pretty = pytest.importorskip("IPython.lib.pretty").pretty
+    net = lesson_net()
+    h = fit(net, md_of(), 2, optim.Adam(net.parameters()), metrics=[accuracy], verbose=False)
+    shown = pretty(h)
+    assert shown.startswith("History(2 epochs; last: trn_loss ") and "accuracy" in shown and "\n" not in shown
+    assert repr(h).count("\n") == 2  # print(h): the header and one row per epoch

@@ -56,6 +56,15 @@ class History:
     def __repr__(self):
         return _table_header(self.keys) + "".join("\n" + _table_row(r, self.keys) for r in self.records)
 
+    def _repr_pretty_(self, p, cycle):
+        """What IPython and Jupyter show for a cell ending in `fit(...)`: one line, since `fit` has just
+        printed the table (`print(h)` still prints it whole)."""
+        last = self.records[-1] if self.records else {}
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in last.items()
+                            if k not in ("epoch", "time", "lr") and isinstance(v, float))
+        p.text(f"History({len(self.records)} epoch{'s' * (len(self.records) != 1)}"
+               + (f"; last: {figures}" if figures else "") + ")")
+
 
 def _metric_name(m):
     return getattr(m, "__name__", None) or type(m).__name__
