@@ -34,6 +34,9 @@ def _check_args(crit, metrics, callbacks, checkpoint_every, events=()):
         if isinstance(cb, type):
             raise FitError(f"callbacks must be callback objects; got the class {cb.__name__} (pass {cb.__name__}())")
         _warn_unknown_events(cb, events)
+    if getattr(crit, "reduction", "mean") not in ("mean", "sum"):
+        raise FitError(f"crit must reduce the batch to one number (reduction='mean' or 'sum'); got "
+                       f"reduction={crit.reduction!r}")
     every = checkpoint_every
     if every is not None and not (isinstance(every, (int, np.integer)) and not isinstance(every, bool) and every >= 1):
         raise FitError(f"checkpoint_every must be a positive number of optimizer steps; got {checkpoint_every!r}")
@@ -77,6 +80,10 @@ def _check_data(model, crit, loaders):
             raise DataError(f"the {name} inputs hold {(~torch.isfinite(x)).sum().item()} NaN or infinite "
                             "values; expected finite numbers")
         out = _forward_one(model, x[:1], f"the {name}")  # (1, C)
+        if not isinstance(out, torch.Tensor) and _class_loss(crit) is not None:
+            raise FitError(f"the model returns a {type(out).__name__}, and {_class_loss(crit)} needs one tensor of "
+                           "class scores (N, C) per batch (return only the scores from forward, or pass a crit "
+                           f"that takes a {type(out).__name__})")
         if name == "training data":
             _check_outputs(model, crit, out)
             _check_last_batch(model, dl)
@@ -205,7 +212,7 @@ def _default_crit(model, trn_dl):
         with torch.no_grad():
             out = model(x[:2])
         model.train(was_training)
-        if out.ndim == 2 and torch.allclose(out.float().logsumexp(1), torch.zeros((), device=out.device), atol=1e-4):
+        if isinstance(out, torch.Tensor) and out.ndim == 2 and torch.allclose(out.float().logsumexp(1), torch.zeros((), device=out.device), atol=1e-4):
             return nn.NLLLoss()
     return nn.CrossEntropyLoss()
 

@@ -216,6 +216,9 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     distributed = dist_setup(device)
     if hasattr(data, "to"):
         data.to(device)  # the arrays move once, not per batch
+    if not any(p.requires_grad for p in model.parameters()):
+        raise FitError("the model has no parameters to train" + (" (all have requires_grad=False: frozen?)"
+                                                                  if any(True for _ in model.parameters()) else ""))
     opt = torch.optim.Adam(model.parameters()) if opt is None else opt
     _check_opt(model, opt)
     crit = _default_crit(model, trn_dl) if crit is None else crit

@@ -76,6 +76,9 @@ training: the weights are unchanged, the optimizer has no state, no callback eve
 67  NaN in the inputs                            Predictor.predict          ExportError
 68  0..255 floats for a normalising export       Predictor.predict          ExportError
 69  an (x, y) pair of arrays as data             fit                        FitError
+70  a model with every parameter frozen          fit                        FitError
+71  a loss that does not reduce the batch        fit                        FitError
+72  a model that returns a tuple                 fit                        FitError
 
 Then: a loss that becomes NaN stops training with an error naming epoch and step and leaves the
 last good checkpoint as it was (`on_nan="warn"` warns and goes on), and the CLI prints such errors
@@ -148,6 +151,17 @@ def loaders(x, y, xv=None, yv=None):
     as_t = lambda a: torch.as_tensor(a)
     return lambda: (ArrayLoader(as_t(x), as_t(y), bs=16, shuffle=True),
                     ArrayLoader(as_t(X[:20] if xv is None else xv), as_t(Y[:20] if yv is None else yv), bs=16))
+
+
+class TwoOutputs(nn.Module):
+    """Returns (log-probabilities, features): a tuple where fit's losses need one tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = net4()
+
+    def forward(self, x):
+        return self.net(x), x
 
 
 def output_1d():
@@ -278,6 +292,12 @@ CASES = [
      ExportError, ["range from 200 to 200", "raw pixels in [0, 1]", "divide 0..255 pixels by 255"]),
     ("an (x, y) pair of arrays as data", trains(data=lambda: (X, Y)), FitError,
      ["(x, y) pair of arrays", "ImageClassifierData.from_arrays"]),
+    ("a model with every parameter frozen", trains(make_net=lambda: net4().requires_grad_(False)), FitError,
+     ["no parameters to train", "requires_grad=False"]),
+    ("a loss that does not reduce the batch", trains(crit=nn.NLLLoss(reduction="none")), FitError,
+     ["reduce the batch to one number", "reduction='none'"]),
+    ("a model that returns a tuple", trains(make_net=lambda: TwoOutputs(), crit=nn.NLLLoss()), FitError,
+     ["returns a tuple", "NLLLoss needs one tensor of class scores"]),
 ]
 
 
