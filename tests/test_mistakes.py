@@ -273,3 +273,134 @@ def test_a_notebook_cell_ending_in_fit_shows_the_table_once():
     shown = pretty(h)
     assert shown.startswith("History(2 epochs; last: trn_loss ") and "accuracy" in shown and "\n" not in shown
     assert repr(h).count("\n") == 2  # print(h): the header and one row per epoch
+
+
+# ---------------------------------------------------------------- what must stay allowed (review of the checks)
+
+def get_weights(*dims):
+    return nn.Parameter(torch.randn(dims) / dims[0])
+
+
+class LessonLogReg(nn.Module):
+    """The lesson's hand-written logistic regression, its softmax as the notebook wrote it."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1_w = get_weights(28 * 28, 10)
+        self.l1_b = get_weights(10)
+
+    def forward(self, x):
+        x = x.view(x.size(0), -1)
+        x = (x @ self.l1_w) + self.l1_b
+        return torch.log(torch.exp(x) / (1 + torch.exp(x).sum(dim=0)))
+
+
+def test_the_lessons_hand_written_logreg_trains_without_a_warning():
+    torch.manual_seed(0)
+    net = LessonLogReg()
+    messages, h = warned(lambda: fit(net, md_of(), 2, optim.Adam(net.parameters()), nn.NLLLoss(), [accuracy],
+                                     verbose=False))
+    assert [m for m in messages if "netfit" in m or "log-probabilities" in m] == [] and h[-1]["accuracy"] > 0.15
+
+
+def test_batchnorm2d_trains_on_a_1_row_last_batch():
+    from netfit.models import cnn
+    torch.manual_seed(0)
+    net = cnn()
+    md = md_of(x=XN[:129], y=Y[:129], bs=64)  # batches of 64, 64, 1: BatchNorm2d sees 1 x H x W values
+    fit(net, md, 1, optim.Adam(net.parameters()), verbose=False)
+
+
+def test_helper_methods_of_a_callback_are_not_mistaken_for_events():
+    class Helpers(Callback):
+        def after_x(self, run):
+            pass
+
+        def on_something(self, run):
+            pass
+    net = lesson_net()
+    messages, _ = warned(lambda: fit(net, md_of(), 1, optim.Adam(net.parameters()), callbacks=[Helpers()],
+                                     verbose=False))
+    assert messages == []
+
+
+def test_a_dataclass_loss_and_a_subclassed_nll_loss():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Smoothed:
+        eps: float = 0.1
+
+        def __call__(self, out, y):
+            return nn.functional.cross_entropy(out, y, label_smoothing=self.eps)
+
+    class MyNLL(nn.NLLLoss):
+        pass
+    net = nn.Linear(784, 10)
+    fit(net, md_of(), 1, optim.Adam(net.parameters()), Smoothed(), verbose=False)
+    from netfit import FitError
+    with pytest.raises(FitError, match="NLLLoss needs log-probabilities"):
+        fit(net, md_of(), 1, optim.Adam(net.parameters()), MyNLL(), verbose=False)
+
+
+def test_warnings_point_at_the_users_line():
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        md_of(x=X * 255)
+    assert w and w[0].filename == __file__
+
+
+def test_set_lrs_takes_a_one_element_tensor_and_accuracy_per_pixel():
+    from netfit import set_lrs
+    opt = optim.SGD(lesson_net().parameters(), lr=0.1)
+    set_lrs(opt, torch.tensor(0.01))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    scores = torch.zeros(2, 3, 4, 4)
+    scores[:, 1] = 1  # every pixel predicts class 1
+    targs = torch.ones(2, 4, 4, dtype=torch.long)
+    targs[0, 0, 0] = 2
+    assert accuracy(scores, targs).item() == pytest.approx(31 / 32)
+
+
+def test_named_by_reads_the_nearest_name(tmp_path):
+    from netfit.datasets import named_by
+    assert named_by("/usr/share/datasets/fashion-mnist") == "fashion-mnist"
+    assert named_by("data/fashion-course/mnist") == "mnist"
+    assert named_by("~/data/fmnist") == "fashion-mnist"
+    assert named_by(tmp_path / "x") is None
+
+
+def test_a_normalised_pickle_is_not_divided_by_255(tmp_path):
+    import gzip
+    import pickle
+    from netfit import datasets
+    path = tmp_path / "norm.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump(((XN[:50], Y[:50]), (XN[50:60], Y[50:60]), (XN[:5], Y[:5])), f)
+    np.testing.assert_array_equal(datasets.mnist(path)[0][0], XN[:50])
+
+
+def test_v_leaves_the_callers_tensor_alone():
+    a = torch.zeros(3)
+    w = V(a, requires_grad=True, device="cpu")
+    assert w.requires_grad and not a.requires_grad and w.data_ptr() != a.data_ptr()
+
+
+def test_predict_on_a_dataloader_of_inputs_alone():
+    dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(XN[:10])), batch_size=4)
+    assert predict(lesson_net(), dl).shape == (10, 10)
+
+
+def test_estimator_on_unscaled_tabular_data_does_not_warn():
+    pytest.importorskip("sklearn")
+    from netfit import NetClassifier
+    messages, _ = warned(lambda: NetClassifier(epochs=1, device="cpu").fit(X[:100] * 100, Y[:100]))
+    assert [m for m in messages if "normalise" in m] == []
+
+
+def test_a_failed_run_does_not_overwrite_the_options_a_resume_checks(digits_pickle, tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--model", "logreg", "--quiet", "--out", str(out)]
+    assert main(base + ["--data-path", str(digits_pickle), "--epochs", "1"]) == 0
+    assert main(base + ["--data-path", str(tmp_path / "missing.pkl.gz"), "--epochs", "1", "--lr", "0.5"]) == 1
+    assert main(base + ["--data-path", str(digits_pickle), "--epochs", "2", "--resume"]) == 0

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DataError
+from .data import DataError, _warn
 
 __all__ = []
 
@@ -48,16 +48,16 @@ _FASTAI_EVENTS = {"on_train_begin": "before_fit", "on_train_end": "after_fit", "
 
 
 def _warn_unknown_events(cb, events):
-    """Warn about `cb`'s methods named like events (before_*, after_*, on_*) that are not in `events`."""
+    """Warn about `cb`'s methods that look like a misspelled event (`after_epcoh`) or are fastai's
+    event names (`on_epoch_end`): they would never be called. Other helper methods are left alone."""
     import difflib
-    import warnings
     for name in dir(cb):
-        if name in events or not name.startswith(("before_", "after_", "on_")) or not callable(getattr(cb, name, None)):
+        if name in events or name.startswith("_") or not callable(getattr(cb, name, None)):
             continue
-        near = _FASTAI_EVENTS.get(name) or next(iter(difflib.get_close_matches(name, events, n=1)), None)
-        warnings.warn(f"{type(cb).__name__}.{name} is not a training event and will never be called"
-                      + (f" (did you mean {near}?)" if near else "") + f"; the events are {', '.join(events)}",
-                      stacklevel=4)
+        near = _FASTAI_EVENTS.get(name) or next(iter(difflib.get_close_matches(name, events, n=1, cutoff=0.85)), None)
+        if near:
+            _warn(f"{type(cb).__name__}.{name} is not a training event and will never be called (did you mean "
+                  f"{near}?); the events are {', '.join(events)}")
 
 
 def _check_data(model, crit, loaders):
@@ -85,8 +85,8 @@ def _check_data(model, crit, loaders):
                            "class scores (N, C) per batch (return only the scores from forward, or pass a crit "
                            f"that takes a {type(out).__name__})")
         if name == "training data":
-            _check_outputs(model, crit, out)
-            _check_last_batch(model, dl)
+            _check_outputs(model, crit, out if len(x) < 2 else _forward_one(model, x[:8], f"the {name}"))
+            _check_last_batch(model, dl, x)
         kind = _class_loss(crit)
         if kind is None or not isinstance(y, torch.Tensor) or y.ndim != 1:
             continue
@@ -104,51 +104,67 @@ def _check_data(model, crit, loaders):
 
 
 def _class_loss(crit):
-    """The name of `crit` when it is NLL or cross-entropy (module or function), else None."""
-    if isinstance(crit, (nn.NLLLoss, nn.CrossEntropyLoss)):
-        return type(crit).__name__
-    return {F.nll_loss: "F.nll_loss", F.cross_entropy: "F.cross_entropy"}.get(crit)
+    """"NLLLoss" or "CrossEntropyLoss" when `crit` is that loss (a module, a subclass, or the function
+    F.nll_loss / F.cross_entropy), else None."""
+    if isinstance(crit, nn.NLLLoss) or crit is F.nll_loss:
+        return "NLLLoss"
+    if isinstance(crit, nn.CrossEntropyLoss) or crit is F.cross_entropy:
+        return "CrossEntropyLoss"
+    return None
 
 
 def _check_outputs(model, crit, out):
-    """FitError when NLL loss gets outputs that are not log-probabilities (rows of exp(out) must sum to
-    1): raw scores or probabilities train to nonsense with it, silently. A warning when cross-entropy
-    gets probabilities: it applies a softmax itself, so the model's Softmax is applied twice."""
+    """FitError when NLL loss gets outputs that cannot be log-probabilities: any output above 0 (raw
+    scores, probabilities) or a final LogSoftmax over another dimension; these train to nonsense,
+    silently. A warning when cross-entropy gets probabilities: it applies a softmax itself, so the
+    model's Softmax is applied twice. `out`: the model's outputs for a few training rows, (n, C)."""
     kind = _class_loss(crit)
     if kind is None or not isinstance(out, torch.Tensor) or out.ndim != 2 or not out.is_floating_point():
         return
     out = out.float()
-    sums = out.exp().sum(1)  # 1 per row for log-probabilities
     last = [m for m in model.modules() if not list(m.children())][-1:] or [None]
-    if kind in ("NLLLoss", "F.nll_loss") and not torch.allclose(sums, torch.ones_like(sums), atol=0.05, rtol=0):
-        if isinstance(last[0], nn.LogSoftmax):
+    probabilities = bool(((out >= 0) & (out <= 1)).all()) and torch.allclose(out.sum(1), torch.ones_like(out[:, 0]),
+                                                                              atol=1e-3) and out.shape[1] > 1
+    if kind == "NLLLoss":
+        sums = out.exp().sum(1)  # 1 per row for log-probabilities
+        if isinstance(last[0], nn.LogSoftmax) and last[0].dim not in (None, 1, -1):
             hint = f"its last layer {last[0]} normalises another dimension: use nn.LogSoftmax(dim=1)"
-        elif bool(((out >= 0) & (out <= 1)).all()) and torch.allclose(out.sum(1), torch.ones_like(sums), atol=1e-3):
+        elif probabilities:
             hint = "they look like probabilities: end the model in nn.LogSoftmax(dim=1) instead of nn.Softmax"
-        else:
+        elif bool((out > 1e-3).any()):  # a log-probability is never above 0
             hint = "end the model in nn.LogSoftmax(dim=1), or train raw scores with nn.CrossEntropyLoss()"
+        else:
+            return
         raise FitError(f"{kind} needs log-probabilities from the model (each row of exp(outputs) summing to 1), "
                        f"but the rows sum to {sums.min().item():.3g}..{sums.max().item():.3g}; {hint}")
-    if (kind in ("CrossEntropyLoss", "F.cross_entropy") and bool(((out >= 0) & (out <= 1)).all())
-            and torch.allclose(out.sum(1), torch.ones_like(sums), atol=1e-3) and out.shape[1] > 1):
-        import warnings
-        warnings.warn(f"the model's outputs are probabilities (rows sum to 1) and {kind} applies a softmax "
-                      "itself, so the softmax is applied twice and training is slower and worse: drop the "
-                      "model's final nn.Softmax, or end it in nn.LogSoftmax(dim=1) and use nn.NLLLoss()",
-                      stacklevel=4)
+    if probabilities:
+        _warn(f"the model's outputs are probabilities (rows sum to 1) and {kind} applies a softmax itself, so the "
+              "softmax is applied twice and training is slower and worse: drop the model's final nn.Softmax, or "
+              "end it in nn.LogSoftmax(dim=1) and use nn.NLLLoss()")
 
 
-def _check_last_batch(model, dl):
-    """DataError when a training batch would hold one row and the model has BatchNorm, which cannot
-    take one row in training mode (torch's message comes mid-epoch, deep in the model)."""
-    if not hasattr(dl, "n_batches") or getattr(dl, "drop_last", False):
+def _check_last_batch(model, dl, x):
+    """DataError when the last training batch holds one row and a BatchNorm layer would then see one
+    value per channel, which it cannot normalise in training (torch says so mid-epoch, deep in the
+    model). BatchNorm2d on images sees H*W values per channel and is fine."""
+    if not hasattr(dl, "n_batches") or getattr(dl, "drop_last", False) or torch.distributed.is_initialized():
         return
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        n = dl.n_batches()
-        if n and dl.rows(n - 1) == 1:
-            raise DataError(f"the last training batch holds 1 row ({len(dl.x)} rows in batches of {dl.bs}), and "
-                            "the model's BatchNorm cannot train on a single row: choose a batch size that leaves "
-                            "at least 2 rows in the last batch")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    n = dl.n_batches() if norms else 0
+    if not n or dl.rows(n - 1) != 1:
+        return
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].numel() // max(inp[0].shape[1], 1)))
+             for m in norms]
+    try:
+        _forward_one(model, x[:1], "the training data")
+    finally:
+        for h in hooks:
+            h.remove()
+    if 1 in seen:
+        raise DataError(f"the last training batch holds 1 row ({len(dl.x)} rows in batches of {dl.bs}), and the "
+                        "model's BatchNorm cannot train on a single value per channel: choose a batch size that "
+                        "leaves at least 2 rows in the last batch")
 
 
 def _forward_one(model, xb, what):
@@ -173,7 +189,7 @@ def _shape_error(model, xb, e, what):
     if xb.is_floating_point() and dtypes and xb.dtype not in dtypes:
         return DataError(f"the model's parameters are {', '.join(sorted(str(d)[6:] for d in dtypes))} but {what} "
                          f"inputs are {str(xb.dtype)[6:]}; convert the model with net.float() (netfit's data is "
-                         f"float32; for mixed precision pass amp=True) ({str(e).splitlines()[0][:200]})")
+                         f"float32) ({str(e).splitlines()[0][:200]})")
     first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
     expects = (f"; its first layer {first} takes {first.in_features} features" if isinstance(first, nn.Linear)
                else f"; its first layer {first} takes {first.in_channels} channels" if first is not None else "")

@@ -184,7 +184,6 @@ def train(args):
     if main_rank:
         _check_resume(args, out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps({k: getattr(args, k) for k in _RUN_OPTIONS}, indent=2))
     if device.type == "cuda" and device.index is None:  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
         device = default_device()
     start = time.perf_counter()
@@ -221,6 +220,8 @@ def train(args):
         + ([GradientClip(max_norm=args.clip)] if args.clip is not None else []) \
         + ([EarlyStopping(patience=args.early_stop)] if args.early_stop is not None else [])
     schedule = {"none": None, "one-cycle": one_cycle(lr), "cosine": cosine(lr)}[args.schedule]
+    if main_rank:  # written only once training starts: a run that fails before does not overwrite it
+        (out / "args.json").write_text(json.dumps({k: getattr(args, k) for k in _RUN_OPTIONS}, indent=2))
     history = fit(net, md, args.epochs, opt, nn.NLLLoss(), [accuracy], callbacks, verbose=not args.quiet,
                   checkpoint=out / "ckpt", checkpoint_every=args.checkpoint_every, resume=args.resume,
                   schedule=schedule, amp=args.amp, accumulate=args.accumulate)

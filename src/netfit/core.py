@@ -42,7 +42,7 @@ def V(a, requires_grad=False, device=None):
         True
     """
     t = T(a, device)
-    return t.requires_grad_() if requires_grad else t
+    return t.detach().clone().requires_grad_() if requires_grad else t  # a leaf of its own: `a` stays as it was
 
 
 def to_np(v):

@@ -21,6 +21,16 @@ class DataError(ValueError):
     """Input arrays that netfit cannot train on; the message says what was expected and what was given."""
 
 
+def _warn(message, category=UserWarning):
+    """warnings.warn pointing at the first caller outside netfit (the user's line, not ours)."""
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2  # stacklevel 1 is this function, 2 its caller
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 def default_device():
     """The best device here: CUDA (`cuda:LOCAL_RANK` under torchrun), then Apple's MPS, then the CPU.
 
@@ -259,15 +269,15 @@ class ImageClassifierData:
         if n_seen < 2 and classes is None:
             raise DataError(f"the labels hold a single class ({n_seen - 1}); a classifier needs at least 2")
         if classes is None and not (y == 0).any() and (yv is None or not (yv == 0).any()):
-            warnings.warn(f"no training or validation label is 0, yet classes are counted from 0 (labels run "
-                          f"{int(y.min())}..{n_seen - 1}, so the model gets {n_seen} outputs); if the labels "
-                          "start at 1, pass y - 1", stacklevel=3)
+            _warn(f"no training or validation label is 0, yet classes are counted from 0 (labels run "
+                  f"{int(y.min())}..{n_seen - 1}, so the model gets {n_seen} outputs); if the labels start at 1, "
+                  "pass y - 1")
         if classes is None and n_seen > 20:
             distinct = len(torch.unique(torch.cat([y, yv]) if yv is not None else y))
             if distinct < n_seen / 2:
-                warnings.warn(f"the labels run up to {n_seen - 1}, so the model gets {n_seen} outputs, but only "
-                              f"{distinct} distinct labels occur; check for a mistyped label, or map the labels "
-                              "to 0..C-1 (e.g. np.unique(y, return_inverse=True)[1])", stacklevel=3)
+                _warn(f"the labels run up to {n_seen - 1}, so the model gets {n_seen} outputs, but only {distinct} "
+                      "distinct labels occur; check for a mistyped label, or map the labels to 0..C-1 (e.g. "
+                      "np.unique(y, return_inverse=True)[1])")
         if classes is not None:
             classes = list(classes)
             if n_seen > len(classes):
@@ -395,19 +405,18 @@ class ImageClassifierData:
 def _warn_scale(x, xv):
     """Warn about inputs a net trains badly on: far from mean 0 / std 1 (pixels left in 0..255), or
     validation inputs scaled differently from the training ones (normalised with other statistics)."""
-    lo, hi = x.min().item(), x.max().item()
+    lo, hi = (v.item() for v in torch.aminmax(x))
     if max(abs(lo), abs(hi)) > 30:
-        warnings.warn(f"the training inputs range from {lo:g} to {hi:g}; nets train best on inputs near mean 0 "
-                      "and std 1: normalise first, e.g. mean, std = x.mean(), x.std(); x = (x - mean) / std, and "
-                      "x_valid with the same mean and std", stacklevel=4)
+        _warn(f"the training inputs range from {lo:g} to {hi:g}; nets train best on inputs near mean 0 and std 1: "
+              "normalise first, e.g. mean, std = x.mean(), x.std(); x = (x - mean) / std, and x_valid with the "
+              "same mean and std")
     if xv is None or len(xv) < 2 or len(x) < 2:
         return
-    m, s = x.mean().item(), x.std().item()
-    mv, sv = xv.mean().item(), xv.std().item()
+    s, m = (v.item() for v in torch.std_mean(x))
+    sv, mv = (v.item() for v in torch.std_mean(xv))
     if s > 0 and (abs(mv - m) > s or not 0.5 < sv / s < 2):
-        warnings.warn(f"x_valid (mean {mv:.3g}, std {sv:.3g}) is scaled differently from x (mean {m:.3g}, std "
-                      f"{s:.3g}); normalise both with the training statistics: x_valid = (x_valid - mean) / std",
-                      stacklevel=4)
+        _warn(f"x_valid (mean {mv:.3g}, std {sv:.3g}) is scaled differently from x (mean {m:.3g}, std {s:.3g}); "
+              "normalise both with the training statistics: x_valid = (x_valid - mean) / std")
 
 
 def _pair(split, name):

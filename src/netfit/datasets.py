@@ -191,7 +191,7 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoDowngrade)
 
 
-def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_000, parse=_parse_idx):
+def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_000, parse=_parse_idx, check_raw=None):
     """Download `url` to a temporary file beside `dest`, verify it, rename it to `dest`; return
     `parse(content, url)` (an IDX file's array by default).
 
@@ -226,7 +226,10 @@ def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_0
                 raise DatasetError(f"{url}: connection closed after {size} of {length} bytes")
             out.flush()
             os.fsync(out.fileno())  # on disk before the rename, so a crash cannot leave a renamed stub
-        arr = parse(_verified(Path(tmp).read_bytes(), spec, url), url)
+        blob = Path(tmp).read_bytes()
+        if check_raw is not None:  # hashes of the file as published, before any decompression
+            check_raw(blob, url)
+        arr = parse(_verified(blob, spec, url), url)
         os.replace(tmp, dest)
         return arr
     finally:
@@ -309,7 +312,7 @@ def _load_pickle(path, n_train=None):
     for (x, y), part in zip(splits, ("train", "valid", "test")):
         if len(x) != len(y):
             raise DatasetError(f"{path}: {part} has {len(x)} images but {len(y)} labels")
-        if len(x) and x.max() > 1.0:  # 0..255 pixels: the same [0, 1] scale as every other source
+        if len(x) and x.min() >= 0 and 1.0 < x.max() <= 255:  # 0..255 pixels: [0, 1] like every other source
             x /= 255.0
     if n_train is not None:
         (x, y), (xv, yv), test = splits
@@ -374,8 +377,9 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
                          f"{labels.raw_size - 8} rows")
     if path is not None and str(path).lower().startswith(("http://", "https://")):
         url = str(path)
+        tag = hashlib.sha256(url.encode()).hexdigest()[:8]  # two URLs ending in the same file name differ here
         path = get_data(url, (Path(cache) if cache is not None else cache_dir(name))
-                        / Path(urllib.parse.urlsplit(url).path).name, timeout=timeout, deadline=deadline)
+                        / f"{tag}-{Path(urllib.parse.urlsplit(url).path).name}", timeout=timeout, deadline=deadline)
     if path is not None:
         path = Path(path).expanduser()
         if path.is_file():
@@ -414,26 +418,33 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
 def get_data(url, dest, sha256=None, md5=None, timeout=30.0, deadline=600.0):
     """Download `url` to the file `dest` unless a copy that verifies is there already; return its Path.
 
-    fastai 0.7's `get_data(URL+FILENAME, path+FILENAME)`. `sha256` is the SHA-256 of the decompressed
-    content and `md5` the MD5 of the file as published; give one to have the file verified (without
-    either, only an HTML page or a short transfer is refused). The file lands at `dest` only whole.
+    fastai 0.7's `get_data(URL+FILENAME, path+FILENAME)`. `sha256` and `md5` are hashes of the file as
+    published (what `sha256sum`/`md5sum` print for it); give one to have it verified. Without either,
+    only an HTML page or a short transfer is refused. The file lands at `dest` only whole and verified.
 
     Example:
         >>> p = get_data("http://deeplearning.net/data/mnist/mnist.pkl.gz", "data/mnist/mnist.pkl.gz")  # doctest: +SKIP
         >>> ((x, y), (x_valid, y_valid), _) = mnist(p)                                                  # doctest: +SKIP
     """
-    dest, spec = Path(dest).expanduser(), FileSpec(raw_sha256=sha256, gz_md5=md5)
+    dest = Path(dest).expanduser()
     if dest.is_dir():
         raise DatasetError(f"{dest} is a folder; expected the file path to download to, such as "
                            f"{dest / (Path(urllib.parse.urlsplit(url).path).name or 'data')}")
+
+    def check(blob, name):
+        for algo, want in (("sha256", sha256), ("md5", md5)):
+            got = want and hashlib.new(algo, blob, usedforsecurity=False).hexdigest()
+            if want and got != want.lower():
+                raise DatasetError(f"{name}: {algo.upper()} of the file is {got}, expected {want}")
     if dest.is_file():
         try:
-            _verified(dest.read_bytes(), spec, dest)
+            check(dest.read_bytes(), dest)
             return dest
         except DatasetError:
             pass  # a stale or damaged copy: download again
-    try:
-        _download(url, dest, spec, timeout, deadline, max_bytes=2_000_000_000, parse=lambda data, name: None)
+    try:  # _download checks the raw bytes through `parse` before the rename to dest
+        _download(url, dest, FileSpec(), timeout, deadline, max_bytes=2_000_000_000,
+                  parse=lambda data, name: None, check_raw=check)
     except urllib.error.HTTPError as e:
         e.close()
         raise DatasetError(f"{url}: HTTP {e.code} {e.reason}") from None
@@ -451,12 +462,14 @@ def named_by(path):
         >>> named_by("/usr/share/datasets/fashion-mnist"), named_by("data/mnist/mnist.pkl.gz"), named_by("data/x")
         ('fashion-mnist', 'mnist', None)
     """
-    name = str(path).lower()
-    if "fashion" in name:
-        return "fashion-mnist"
-    if "mnist" in name or Path(path).is_file():
-        return "mnist"
-    return None
+    path = Path(path).expanduser()
+    for part in reversed(path.parts):  # the nearest name that says: data/fashion-course/mnist is MNIST
+        part = part.lower()
+        if "fashion" in part or "fmnist" in part:
+            return "fashion-mnist"
+        if "mnist" in part:
+            return "mnist"
+    return "mnist" if path.is_file() else None
 
 
 def mnist(path=None, **kwargs):

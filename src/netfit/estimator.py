@@ -18,7 +18,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from .data import ImageClassifierData, default_device
+from .data import ArrayLoader, as_tensors, default_device
 from .fit import fit
 from .predict import predict
 from .models import MODELS
@@ -103,8 +103,9 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
             self._check_outputs(module, outputs, X[:64], len(classes), crit, device)
             opt_cls = OPTIMIZERS[self.opt.lower()] if isinstance(self.opt, str) else self.opt
             opt = opt_cls(module.parameters(), lr=self.lr)
-            md = ImageClassifierData.from_arrays("", (X, y_idx.astype(np.int64)), None, bs=int(self.bs),
-                                                 classes=list(range(len(classes))), device=device)
+            # loaders over the arrays as given: an sklearn estimator leaves scaling to a Pipeline
+            x_t, y_t = as_tensors(X, y_idx.astype(np.int64), "X")
+            md = (ArrayLoader(x_t, y_t, int(self.bs), shuffle=True).to(device), None)
             history = fit(module, md, int(self.epochs), opt, crit, verbose=bool(self.verbose))
         # set only once training succeeded, so a failed fit does not look fitted
         self.classes_, self.module_, self.crit_, self.outputs_, self.history_ = classes, module, crit, outputs, history

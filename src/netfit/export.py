@@ -46,11 +46,10 @@ def save(model, folder, arch=None, arch_kwargs=None, classes=None, input_shape=(
     from safetensors.torch import save_file
     from . import __version__
     if mean is None or std is None:
-        import warnings
-        warnings.warn(f"saving {folder} without mean= and std=: netfit.load(...).predict will feed inputs to the "
-                      "model as given. Pass the training statistics (mean=x.mean(), std=x.std() of the raw "
-                      "training pixels) to have raw [0, 1] pixels normalised, or mean=0, std=1 if the model "
-                      "was trained on raw pixels", stacklevel=3)
+        from .data import _warn
+        _warn(f"saving {folder} without mean= and std=: netfit.load(...).predict will feed inputs to the model as "
+              "given. Pass the training statistics (mean=x.mean(), std=x.std() of the raw [0, 1] training pixels) "
+              "to have raw pixels normalised, or mean=0, std=1 if the model was trained on [0, 1] pixels as they are")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .checks import FitError, _check_args, _check_data, _check_opt, _default_crit
+from .data import _warn
 from .distributed import all_reduce_sum as dist_all_reduce_sum
 from .distributed import barrier as dist_barrier
 from .distributed import broadcast_buffers as dist_broadcast_buffers
@@ -107,6 +108,8 @@ def set_lrs(opt, lr):
     if len(lrs) != len(opt.param_groups):
         raise ValueError(f"got {len(lrs)} learning rates for {len(opt.param_groups)} param groups")
     for group, rate in zip(opt.param_groups, lrs):
+        if isinstance(rate, torch.Tensor) and rate.numel() == 1:
+            rate = rate.item()
         if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) or not 0 <= rate < math.inf:
             raise ValueError(f"learning rates must be finite numbers >= 0; got {rate!r}")
         group["lr"] = float(rate)
@@ -133,7 +136,10 @@ def _loaders(data):
 
 
 def _batch(b, device):
-    xb, yb = (b[0], b[1]) if isinstance(b, (tuple, list)) else (b, None)
+    if isinstance(b, (tuple, list)):  # (x, y), or [x] from a DataLoader over TensorDataset(x)
+        xb, yb = (b[0], b[1]) if len(b) > 1 else (b[0], None)
+    else:
+        xb, yb = b, None
     if xb.device != device:
         xb = xb.to(device, non_blocking=True)
         yb = yb.to(device, non_blocking=True) if yb is not None else None
@@ -252,8 +258,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                 raise FitError(f"{checkpoint}: the checkpoint stopped mid-epoch over {len(order)} training rows; "
                                f"the data has {len(trn_dl.x)}. Resume with the data it was saved with")
             if start_epoch >= int(epochs) and resume_at["batch"] == 0:
-                warnings.warn(f"{checkpoint} already holds {start_epoch} epochs and epochs={int(epochs)}: nothing "
-                              "left to train (pass a larger epochs to train on)", stacklevel=2)
+                _warn(f"{checkpoint} already holds {start_epoch} epochs and epochs={int(epochs)}: nothing left to "
+                      "train (pass a larger epochs to train on)")
     history.info["seed"] = run.seed
     why_not = graph_plan(run, trn_dl, callbacks, fast)
     graphed = None if why_not else GraphedStep(model, opt, crit, trn_dl, run.amp_dtype, device.type == "cuda")

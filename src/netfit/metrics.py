@@ -38,16 +38,19 @@ def accuracy(preds, targs):
 
 
 def _check_pair(preds, targs, fractional_labels):
-    """DataError unless preds are (N, C) scores or (N,) labels and targs are (N,) labels."""
+    """DataError unless preds are (N, C) scores, (N, C, ...) per-pixel scores or (N,) labels, and
+    targs hold one label per row (or per pixel)."""
     from .data import DataError
     p, t = tuple(preds.shape), tuple(targs.shape)
-    if len(p) not in (1, 2):
+    if len(p) == 0:
         raise DataError(f"preds must be (N, C) class scores or (N,) labels; got shape {p}")
     if fractional_labels:
         raise DataError(f"preds of shape {p} hold fractions, not labels; expected (N, C) class scores "
-                         "(one column per class) or (N,) integer labels")
-    if len(t) != 1 or t[0] != p[0]:
-        raise DataError(f"targs must be one label per row of preds, shape ({p[0]},); got shape {t}")
+                        "(one column per class) or (N,) integer labels")
+    want = p[:1] + p[2:]  # (N,) for (N, C) scores; (N, H, W) for per-pixel scores (N, C, H, W)
+    if t != want:
+        raise DataError(f"targs must be one label per {'row' if len(want) == 1 else 'pixel'} of preds, shape "
+                        f"{want}; got shape {t}")
 
 
 def error_rate(preds, targs):

@@ -11,7 +11,7 @@ import torch
 from torch import nn  # noqa: F401  (used by the doctests)
 
 from .checks import FitError, _shape_error
-from .data import DataError
+from .data import DataError, _warn
 from .distributed import gather_rows
 from .distributed import rank as dist_rank
 from .distributed import world as dist_world
@@ -30,9 +30,8 @@ def _outputs(model, dl):
     if hasattr(dl, "trn_dl") and hasattr(dl, "val_dl"):
         raise DataError(f"got the whole {type(dl).__name__}; pass one of its loaders: md.val_dl (or md.test_dl)")
     if isinstance(getattr(dl, "sampler", None), torch.utils.data.RandomSampler):
-        import warnings
-        warnings.warn("this DataLoader shuffles (shuffle=True), so the predictions come in a random order that "
-                      "matches no label array; predict on a loader with shuffle=False", stacklevel=3)
+        _warn("this DataLoader shuffles (shuffle=True), so the predictions come in a random order that matches no "
+              "label array; predict on a loader with shuffle=False")
     if isinstance(dl, list) and dl and isinstance(dl[0], (list, int, float)):  # x.tolist(): rows of numbers
         dl = np.asarray(dl, dtype=np.float32)
     if isinstance(dl, (np.ndarray, torch.Tensor)):  # a bare array: batch it in order
