@@ -39,3 +39,19 @@ def test_plot_history_reads_the_history():
     assert len(fig.axes) == 2
     assert list(fig.axes[0].lines[0].get_ydata()) == [1.0, 0.6]
     assert list(fig.axes[1].lines[0].get_ydata()) == [0.7, 0.8]
+
+
+def test_jupyter_draws_a_returned_figure_once():
+    """Jupyter's inline backend draws open pyplot figures when a cell ends, and a Figure that is the
+    cell's value is drawn too: netfit's figures are drawn once either way."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("matplotlib_inline")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("%matplotlib inline\nimport numpy as np\nfrom netfit import plots, show"),
+                nbformat.v4.new_code_cell("plots(np.random.rand(2, 28, 28), titles=[1, 2])"),
+                nbformat.v4.new_code_cell("fig = plots(np.random.rand(2, 28, 28))"),
+                nbformat.v4.new_code_cell("for i in range(2): show(np.random.rand(28, 28), i)")]
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    images = [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in nb.cells[1:]]
+    assert images == [1, 1, 2]

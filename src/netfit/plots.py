@@ -4,6 +4,8 @@ never calls `plt.show()`, so it works the same in Jupyter, scripts and tests.
     fig = plots(x_valid[:8].reshape(-1, 28, 28), titles=preds.argmax(1)[:8])
     fig.savefig("preds.png")
 """
+import functools
+
 import numpy as np
 
 __all__ = ["plots", "show", "plot_history", "plot_confusion", "plot_top_losses", "confusion_matrix",
@@ -13,7 +15,28 @@ __all__ = ["plots", "show", "plot_history", "plot_confusion", "plot_top_losses",
 def _figure(figsize):
     # pyplot figures show inline in Jupyter; matplotlib picks the Agg backend when there is no display
     import matplotlib.pyplot as plt
-    return plt.figure(figsize=figsize)
+    return plt.figure(figsize=figsize, FigureClass=_figure_class())
+
+
+@functools.cache
+def _figure_class():
+    """A matplotlib Figure that Jupyter draws once. Jupyter's inline backend draws every open pyplot
+    figure when a cell ends, and a Figure that is the cell's value is drawn as well: twice (fastai's
+    `plots` returned None for this reason; these return the Figure, for `savefig` in scripts). Drawn
+    once, either way, it leaves pyplot, which then has nothing left to draw."""
+    from matplotlib.figure import Figure
+
+    class NotebookFigure(Figure):
+        def _ipython_display_(self):
+            import io
+
+            import matplotlib.pyplot as plt
+            from IPython.display import Image, display
+            buf = io.BytesIO()
+            self.savefig(buf, format="png", bbox_inches="tight")
+            display(Image(buf.getvalue()))
+            plt.close(self)
+    return NotebookFigure
 
 
 def _image(im):
