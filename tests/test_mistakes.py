@@ -404,3 +404,17 @@ def test_a_failed_run_does_not_overwrite_the_options_a_resume_checks(digits_pick
     assert main(base + ["--data-path", str(digits_pickle), "--epochs", "1"]) == 0
     assert main(base + ["--data-path", str(tmp_path / "missing.pkl.gz"), "--epochs", "1", "--lr", "0.5"]) == 1
     assert main(base + ["--data-path", str(digits_pickle), "--epochs", "2", "--resume"]) == 0
+
+
+@pytest.mark.parametrize("labels, crit, fragment", [
+    (lambda y: y + 7, nn.NLLLoss(), "labels must be class indices in [0, 10)"),
+    (lambda y: y.float(), nn.CrossEntropyLoss(), "integer class indices for CrossEntropyLoss; got float32"),
+])
+def test_a_torch_dataloaders_first_batch_is_checked_before_the_loss(labels, crit, fragment):
+    from torch.utils.data import DataLoader, TensorDataset
+    net = lesson_net()
+    before = [p.clone() for p in net.parameters()]
+    dl = DataLoader(TensorDataset(torch.tensor(XN), labels(torch.tensor(Y))), batch_size=64, shuffle=True)
+    with pytest.raises(DataError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
+        fit(net, (dl, None), 1, optim.Adam(net.parameters()), crit, verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # before any step

@@ -80,27 +80,45 @@ def _check_data(model, crit, loaders):
             raise DataError(f"the {name} inputs hold {(~torch.isfinite(x)).sum().item()} NaN or infinite "
                             "values; expected finite numbers")
         out = _forward_one(model, x[:1], f"the {name}")  # (1, C)
-        if not isinstance(out, torch.Tensor) and _class_loss(crit) is not None:
-            raise FitError(f"the model returns a {type(out).__name__}, and {_class_loss(crit)} needs one tensor of "
-                           "class scores (N, C) per batch (return only the scores from forward, or pass a crit "
-                           f"that takes a {type(out).__name__})")
         if name == "training data":
+            _check_model_output(crit, out)
             _check_outputs(model, crit, out if len(x) < 2 else _forward_one(model, x[:8], f"the {name}"))
             _check_last_batch(model, dl, x)
-        kind = _class_loss(crit)
-        if kind is None or not isinstance(y, torch.Tensor) or y.ndim != 1:
-            continue
-        if y.is_floating_point() or y.is_complex():
-            from .data import _describe
-            raise DataError(f"the {name} labels must be integer class indices for {kind}; "
-                            f"got {_describe(y)} (use y.long())")
-        if out.ndim != 2:
-            raise DataError(f"{kind} needs the model to give class scores of shape (N, C); "
-                            f"it gives {tuple(out.shape)} for one row of the {name}")
-        labels = y[y != getattr(crit, "ignore_index", -100)]
-        if len(labels) and (labels.min().item() < 0 or labels.max().item() >= out.shape[1]):
-            raise DataError(f"the {name} labels must be class indices in [0, {out.shape[1]}) for a model with "
-                            f"{out.shape[1]} outputs; got min {labels.min().item()}, max {labels.max().item()}")
+        _check_labels(crit, out, y, f"the {name}", "one row")
+
+
+def _check_first_batch(model, crit, preds, yb):
+    """`_check_data`'s checks on the first training batch of a loader that does not hold its arrays
+    (a torch DataLoader...): before the loss runs, so that on CUDA a bad label is a sentence, not a
+    device-side assert. One host read, once per fit."""
+    _check_model_output(crit, preds)
+    _check_outputs(model, crit, preds.detach())
+    _check_labels(crit, preds, yb, "the training data", "its first batch")
+
+
+def _check_model_output(crit, out):
+    if not isinstance(out, torch.Tensor) and _class_loss(crit) is not None:
+        raise FitError(f"the model returns a {type(out).__name__}, and {_class_loss(crit)} needs one tensor of "
+                       "class scores (N, C) per batch (return only the scores from forward, or pass a crit "
+                       f"that takes a {type(out).__name__})")
+
+
+def _check_labels(crit, out, y, what, rows):
+    """For NLL/cross-entropy: DataError unless `y` holds integer class indices in [0, C) for the C
+    columns of the model's output `out` (computed for `rows` of `what`)."""
+    kind = _class_loss(crit)
+    if kind is None or not isinstance(y, torch.Tensor) or y.ndim != 1:
+        return
+    if y.is_floating_point() or y.is_complex():
+        from .data import _describe
+        raise DataError(f"{what} labels must be integer class indices for {kind}; got {_describe(y)} (use y.long())")
+    if out.ndim != 2:
+        raise DataError(f"{kind} needs the model to give class scores of shape (N, C); it gives "
+                        f"{tuple(out.shape)} for {rows} of {what}")
+    labels = y[y != getattr(crit, "ignore_index", -100)]
+    if len(labels) and (labels.min().item() < 0 or labels.max().item() >= out.shape[1]):
+        raise DataError(f"{what} labels must be class indices in [0, {out.shape[1]}) for a model with "
+                        f"{out.shape[1]} outputs; got min {labels.min().item()}, max {labels.max().item()}")
 
 
 def _class_loss(crit):

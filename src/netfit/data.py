@@ -48,15 +48,18 @@ def default_device():
 
 def _describe(a):
     """`a`'s dtype, shape and range (NaN counted apart), for error messages; any dtype."""
+    dtype = None
     if isinstance(a, torch.Tensor):
+        dtype = str(a.dtype).replace("torch.", "")  # the tensor's own, not that of the copy made to describe it
         a = (a.detach().cpu().double() if a.is_floating_point() else a.detach().cpu()).numpy()
     a = np.asarray(a)
+    dtype = dtype or a.dtype
     if not a.size:
-        return f"an empty {a.dtype} array of shape {tuple(a.shape)}"
+        return f"an empty {dtype} array of shape {tuple(a.shape)}"
     if a.dtype.kind not in "biuf":  # strings, objects...: no order to report
-        return f"{a.dtype} of shape {tuple(a.shape)}"
+        return f"{dtype} of shape {tuple(a.shape)}"
     nan = np.isnan(a) if a.dtype.kind == "f" else np.zeros(a.shape, bool)
-    text = f"{a.dtype} of shape {tuple(a.shape)}"
+    text = f"{dtype} of shape {tuple(a.shape)}"
     if not nan.all():
         text += f" with min {a[~nan].min().item()}, max {a[~nan].max().item()}"
     return text + (f" and {int(nan.sum())} NaN" if nan.any() else "")

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .checks import FitError, _check_args, _check_data, _check_opt, _default_crit
+from .checks import FitError, _check_args, _check_data, _check_first_batch, _check_opt, _default_crit
 from .data import _warn
 from .distributed import all_reduce_sum as dist_all_reduce_sum
 from .distributed import barrier as dist_barrier
@@ -94,6 +94,7 @@ class Run:
     checkpoint: object = None
     checkpoint_every: int = None
     callbacks: list = field(default_factory=list)
+    unchecked: bool = False     # the training loader holds no arrays to check before fit: check batch 1
 
 
 def set_lrs(opt, lr):
@@ -243,6 +244,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                             "amp": _amp_dtype(amp, device)})
     run = Run(model, data, opt, crit, metrics, int(epochs), history, device)
     run.train_model = DDP(model) if distributed else model
+    run.unchecked = not isinstance(getattr(trn_dl, "x", None), torch.Tensor)
     run.amp_dtype = _amp_dtype(amp, device)
     run.scaler = torch.amp.GradScaler(device.type) if run.amp_dtype == "float16" else None
     run.seed = dist_shared_seed(device, seed) if distributed else seed
@@ -368,6 +370,9 @@ def _train_epoch(run, dl, emit, progress, resume_at=None):
             emit("before_batch")
             with autocast:
                 run.preds = model(run.xb)
+                if run.unchecked:  # a loader _check_data could not look into: check its first batch
+                    _check_first_batch(run.model, crit, run.preds, run.yb)
+                    run.unchecked = False
                 run.loss = crit(run.preds, run.yb)
             emit("after_loss")
             if (i + 1) % check_every == 0 or i + 1 == run.n_batches or check_every == 1:
