@@ -203,14 +203,16 @@ def _two_layers():
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
-@pytest.mark.parametrize("momentum, wd", [(0.0, 0.0), (0.9, 0.0), (0.0, 1e-3), (0.9, 1e-3), (0.5, 0.1)])
-def test_sgd_matches_torch_over_100_steps(momentum, wd, gen):
+@pytest.mark.parametrize("momentum, wd, extra", [(0.0, 0.0, {}), (0.9, 0.0, {}), (0.0, 1e-3, {}), (0.9, 1e-3, {}),
+                                                 (0.5, 0.1, {}), (0.9, 1e-3, {"nesterov": True}),
+                                                 (0.9, 0.0, {"dampening": 0.3})])
+def test_sgd_matches_torch_over_100_steps(momentum, wd, extra, gen):
     torch.manual_seed(0)
     a = _two_layers()
     b = copy.deepcopy(a)
     groups = lambda m: [{"params": m[0].parameters(), "lr": 0.05}, {"params": m[2].parameters()}]
-    ours = scratch.SGD(groups(a), lr=0.02, momentum=momentum, weight_decay=wd)
-    theirs = optim.SGD(groups(b), lr=0.02, momentum=momentum, weight_decay=wd)
+    ours = scratch.SGD(groups(a), lr=0.02, momentum=momentum, weight_decay=wd, **extra)
+    theirs = optim.SGD(groups(b), lr=0.02, momentum=momentum, weight_decay=wd, **extra)
     for _ in range(100):
         x, t = torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)
         for net, opt in ((a, ours), (b, theirs)):
@@ -324,3 +326,31 @@ def test_train_loop_by_hand_equals_plain_sgd(gen):
     hb = scratch.train_loop(b, md, epochs=2, opt=scratch.SGD(b.parameters(), lr=0.1))
     assert_close(a.l1_w, b.l1_w)
     assert_close(ha["accuracy"], hb["accuracy"])
+
+
+def test_sgd_positional_order_inf_params_and_sparse_grads_are_torchs():
+    w1, w2 = nn.Parameter(torch.tensor([math.inf, 1.0])), nn.Parameter(torch.tensor([math.inf, 1.0]))
+    for w, make in ((w1, scratch.SGD), (w2, optim.SGD)):
+        opt = make([w], 0.1, 0.9, 0.5)  # lr, momentum, dampening (not weight decay)
+        assert opt.param_groups[0]["dampening"] == 0.5 and opt.param_groups[0]["weight_decay"] == 0
+        w.grad = torch.tensor([0.0, 1.0])
+        opt.step()
+    assert torch.equal(w1.data, w2.data) and w1[0].item() == math.inf
+    emb = nn.Embedding(4, 2, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    before = emb.weight.detach().clone()
+    scratch.SGD(emb.parameters(), lr=0.1).step()
+    assert torch.equal(emb.weight[0], before[0]) and not torch.equal(emb.weight[1], before[1])
+    with pytest.raises(ValueError, match="Nesterov momentum requires"):
+        scratch.SGD([w1], lr=0.1, nesterov=True)
+
+
+def test_logreg_takes_an_empty_batch_and_train_loop_an_unused_parameter():
+    from netfit import ImageClassifierData
+    assert scratch.LogReg()(torch.zeros(0, 28, 28)).shape == (0, 10)
+    x = np.random.default_rng(0).random((64, 784), dtype=np.float32)
+    md = ImageClassifierData.from_arrays(".", (x, np.arange(64) % 10), (x, np.arange(64) % 10), bs=16, device="cpu")
+    net = scratch.LogReg()
+    net.unused = nn.Parameter(torch.ones(3))
+    scratch.train_loop(net, md, epochs=1, lr=0.01)
+    assert torch.equal(net.unused.data, torch.ones(3))

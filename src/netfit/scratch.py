@@ -26,7 +26,9 @@ __all__ = ["get_weights", "softmax", "log_softmax", "LogReg", "binary_loss", "nl
 def get_weights(*dims):
     """A trainable tensor of shape `dims`, standard normal divided by `dims[0]`, as the lesson defines it.
 
-    Dividing by the number of inputs keeps `x @ w` of order one when `x` has unit-scale entries.
+    Dividing by the number of inputs keeps `x @ w` small at the start (its spread is about
+    1/sqrt(dims[0]) for unit-scale `x`; Kaiming/He initialisation divides by sqrt(dims[0]) instead,
+    for outputs of order one).
 
     Example:
         >>> w = get_weights(784, 10); w.shape, w.requires_grad
@@ -93,7 +95,7 @@ class LogReg(nn.Module):
         self.l1_b = get_weights(n_out)
 
     def forward(self, x):
-        x = x.reshape(len(x), -1)             # (N, 28, 28) -> (N, 784)
+        x = x.flatten(1)                      # (N, 28, 28) -> (N, 784); an empty batch stays (0, 784)
         x = x @ self.l1_w + self.l1_b         # (N, 10): the bias broadcasts over the rows
         return log_softmax(x, dim=-1)
 
@@ -180,13 +182,17 @@ class SGD(torch.optim.Optimizer):
     """Stochastic gradient descent with momentum and weight decay, the maths of `torch.optim.SGD`:
 
         d_p = grad + weight_decay * p                  # weight decay: the gradient of wd/2 * ||p||^2
-        buf = momentum * buf + d_p                     # buf = d_p on the first step
-        p   = p - lr * buf                             # (p - lr * d_p when momentum is 0)
+        buf = momentum * buf + (1 - dampening) * d_p   # buf = d_p on the first step
+        d_p = d_p + momentum * buf if nesterov else buf
+        p   = p - lr * d_p                             # (p - lr * d_p when momentum is 0)
 
     Args:
         params: parameters or param groups, as for any torch optimizer.
         lr: learning rate (step size), >= 0. `netfit.set_lrs(opt, lr)` changes it between steps.
-        momentum: fraction of the previous step kept, >= 0. weight_decay: L2 penalty factor, >= 0.
+        momentum: fraction of the previous step kept, >= 0. dampening: share of the new gradient
+            left out of the momentum buffer, >= 0. weight_decay: L2 penalty factor, >= 0.
+        nesterov: look ahead along the momentum (needs momentum > 0 and dampening 0).
+        The positional order is torch.optim.SGD's: `SGD(params, lr, momentum, dampening, weight_decay, nesterov)`.
 
     Example:
         >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
@@ -194,11 +200,16 @@ class SGD(torch.optim.Optimizer):
         tensor([ 0.8000, -1.6000])
     """
 
-    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
         _check_hyper("learning rate", lr)
         _check_hyper("momentum value", momentum)
+        _check_hyper("dampening value", dampening)
         _check_hyper("weight_decay value", weight_decay)
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(f"Nesterov momentum requires a momentum and zero dampening; got momentum={momentum}, "
+                             f"dampening={dampening}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=bool(nesterov)))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -211,17 +222,19 @@ class SGD(torch.optim.Optimizer):
         # steps: at a high learning rate any rounding difference grows until two runs part ways
         for group in self.param_groups:
             lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+            dampening, nesterov = group.get("dampening", 0.0), group.get("nesterov", False)
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                d_p = p.grad.add(p, alpha=wd)              # grad + wd * p, a new tensor
+                d_p = p.grad.add(p, alpha=wd) if wd != 0 else p.grad  # grad + wd * p (0 * inf would be NaN)
                 if momentum:
                     state = self.state[p]
                     if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = d_p.clone()
+                        state["momentum_buffer"] = torch.clone(d_p).detach()
                     else:
-                        state["momentum_buffer"].mul_(momentum).add_(d_p)  # momentum * buf + d_p
-                    d_p = state["momentum_buffer"]
+                        state["momentum_buffer"].mul_(momentum).add_(d_p, alpha=1 - dampening)
+                    buf = state["momentum_buffer"]
+                    d_p = d_p.add(buf, alpha=momentum) if nesterov else buf
                 p.add_(d_p, alpha=-lr)                     # p - lr * d_p
         return loss
 
@@ -261,6 +274,8 @@ def train_loop(model, data, epochs=1, lr=1e-2, opt=None, crit=None):
             if opt is None:
                 loss.backward()
                 for w in params:
+                    if w.grad is None:            # a parameter the loss did not use
+                        continue
                     w.data -= w.grad * lr         # a step downhill; .data keeps autograd out of it
                     w.grad.zero_()                # .backward() adds to .grad: clear it for the next batch
             else:
