@@ -17,12 +17,16 @@ from .fit import CancelFit, Callback
 __all__ = ["EarlyStopping", "SaveBest", "GradientClip", "CSVLogger", "TensorBoard"]
 
 
+_HIGHER_IS_BETTER = ("acc", "auc", "f1", "fbeta", "precision", "recall", "r2", "dice", "iou", "map")
+
+
 class _Monitor:
-    """Tracks the best value of one epoch figure: lower is better for losses and errors, else higher."""
+    """Tracks the best value of one epoch figure: higher is better for scores (accuracy, auc, f1...),
+    lower for the rest (losses, error rates, mse...)."""
 
     def __init__(self, monitor, mode, min_delta, owner):
-        if mode == "auto":
-            mode = "min" if ("loss" in monitor or "error" in monitor) else "max"
+        if mode == "auto":  # as Keras: higher is better for scores, lower for everything else (losses, mse...)
+            mode = "max" if any(k in monitor.lower() for k in _HIGHER_IS_BETTER) and "error" not in monitor else "min"
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
         if not min_delta >= 0:
@@ -56,7 +60,8 @@ class EarlyStopping(Callback):
 
     Args:
         monitor: an epoch figure: "val_loss", "trn_loss" or a metric's name ("accuracy").
-        mode: "min", "max", or "auto" (min for names with "loss" or "error", max otherwise).
+        mode: "min", "max", or "auto" (max for scores: names with acc, auc, f1, precision, recall,
+            r2, dice, iou or map; min for everything else, such as losses, error_rate and mse).
         patience: epochs without improvement to wait. min_delta: smallest change that counts.
         restore_best: load the weights of the best epoch when training ends, stopped early or not
             (Keras leaves the last ones by default; this does not).
@@ -66,7 +71,7 @@ class EarlyStopping(Callback):
 
     Example:
         >>> stop = EarlyStopping(monitor="accuracy", patience=2)
-        >>> stop.tracker.mode       # "accuracy" has no "loss" or "error" in it: higher is better
+        >>> stop.tracker.mode       # "accuracy" is a score: higher is better
         'max'
     """
 

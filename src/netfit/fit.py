@@ -278,36 +278,46 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     if deterministic:
         torch.use_deterministic_algorithms(True)
     try:
-        emit("before_fit")
-        for epoch in range(start_epoch, int(epochs)):
-            run.epoch, start = epoch, time.perf_counter()
-            run.record = {"epoch": epoch}
-            progress.start_epoch(_n_batches(trn_dl, rank, world), f"epoch {epoch}")
-            try:
-                emit("before_epoch")
-                if graphed is not None and (resume_at is None or resume_at["batch"] == 0):
-                    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-                        run.record["trn_loss"] = _train_epoch_graphed(run, trn_dl, emit, progress, graphed)
-                else:
-                    run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress, resume_at)
-            except CancelEpoch:
-                run.record.setdefault("trn_loss", float("nan"))
-            if graphed is not None and graphed.why_not:  # the graph gave up: the rest of the fit runs eagerly
-                history.info["step"] = f"eager: {graphed.why_not} (graphed until epoch {epoch})"
-                graphed = None
-            resume_at = None
-            if val_dl is not None:
-                run.record.update(_validate(model, val_dl, crit, metrics, device, rank, world))
-            run.record["time"] = time.perf_counter() - start
-            run.record["lr"] = opt.param_groups[0]["lr"]
-            emit("after_epoch")
-            history.append(run.record)
-            progress.write(_table_row(run.record, keys))
-            if checkpoint is not None:
-                _save(run, epoch + 1, 0, None, None)
-        emit("after_fit")
-    except CancelFit:
-        pass
+        try:
+            emit("before_fit")
+            for epoch in range(start_epoch, int(epochs)):
+                run.epoch, start = epoch, time.perf_counter()
+                run.record = {"epoch": epoch}
+                progress.start_epoch(_n_batches(trn_dl, rank, world), f"epoch {epoch}")
+                try:
+                    emit("before_epoch")
+                    if graphed is not None and (resume_at is None or resume_at["batch"] == 0):
+                        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+                            run.record["trn_loss"] = _train_epoch_graphed(run, trn_dl, emit, progress, graphed)
+                    else:
+                        run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress, resume_at)
+                except CancelEpoch:
+                    run.record.setdefault("trn_loss", float("nan"))
+                if graphed is not None and graphed.why_not:  # the graph gave up: the rest of the fit runs eagerly
+                    history.info["step"] = f"eager: {graphed.why_not} (graphed until epoch {epoch})"
+                    graphed = None
+                resume_at = None
+                if val_dl is not None:
+                    run.record.update(_validate(model, val_dl, crit, metrics, device, rank, world))
+                run.record["time"] = time.perf_counter() - start
+                run.record["lr"] = opt.param_groups[0]["lr"]
+                cancelled = False
+                try:
+                    emit("after_epoch")
+                except CancelFit:  # the epoch was trained: record it, then stop
+                    cancelled = True
+                history.append(run.record)
+                progress.write(_table_row(run.record, keys))
+                if checkpoint is not None:
+                    _save(run, epoch + 1, 0, None, None)
+                if cancelled:
+                    raise CancelFit()
+        except CancelFit:
+            pass
+        try:  # also after CancelFit (as fastai and Keras do): EarlyStopping restores, Schedule puts rates back
+            emit("after_fit")
+        except CancelFit:
+            pass
     finally:
         if graphed is not None:
             graphed.end_epoch()  # plain float rates back in the param groups, even after an error

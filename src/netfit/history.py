@@ -6,6 +6,8 @@ progress bar over the batches (a widget in Jupyter, one redrawn line on a termin
 import json
 import sys
 
+import numpy as np
+
 __all__ = ["History"]
 
 
@@ -32,12 +34,17 @@ class History:
         return iter(self.records)
 
     def __getitem__(self, key):
-        if isinstance(key, (int, slice)):
+        if isinstance(key, (int, slice, np.integer)):  # h[np.argmin(h["val_loss"])]: the best epoch's record
             return self.records[key]
+        if self.records and key not in self:
+            raise KeyError(f"no epoch figure {key!r}; the records hold {self.keys()}")
         return [r.get(key) for r in self.records]
 
-    @property
+    def __contains__(self, key):
+        return any(key in r for r in self.records)
+
     def keys(self):
+        """The figures the records hold, in first-seen order: ["epoch", "trn_loss", "val_loss", ...]."""
         seen = {}
         for r in self.records:
             seen.update(dict.fromkeys(r))
@@ -54,7 +61,8 @@ class History:
         return text
 
     def __repr__(self):
-        return _table_header(self.keys) + "".join("\n" + _table_row(r, self.keys) for r in self.records)
+        keys = self.keys()
+        return _table_header(keys) + "".join("\n" + _table_row(r, keys) for r in self.records)
 
     def _repr_pretty_(self, p, cycle):
         """What IPython and Jupyter show for a cell ending in `fit(...)`: one line, since `fit` has just

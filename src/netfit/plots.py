@@ -117,11 +117,11 @@ def plot_history(history, figsize=(10, 4)):
     """
     epochs = history["epoch"]
     skip = {"epoch", "trn_loss", "val_loss", "time", "lr"}
-    metric_keys = [k for k in history.keys if k not in skip]
+    metric_keys = [k for k in history.keys() if k not in skip]
     fig = _figure(figsize)
     ax = fig.add_subplot(1, 2 if metric_keys else 1, 1)
     ax.plot(epochs, history["trn_loss"], "o-", label="train loss")
-    if "val_loss" in history.keys:
+    if "val_loss" in history:
         ax.plot(epochs, history["val_loss"], "o-", label="validation loss")
     ax.set_xlabel("epoch"); ax.set_ylabel("loss"); ax.legend(); ax.grid(alpha=0.3)
     if metric_keys:

@@ -50,7 +50,8 @@ class Schedule(Callback):
             None leaves momentum alone.
 
     `state_dict`/`load_state_dict` carry the rates used so far through a checkpoint; the position
-    itself is `run.step`, which a resumed `fit` restores.
+    itself is `run.step`, which a resumed `fit` restores. After the fit (also one stopped by
+    `CancelFit`) the optimizer gets back the rates and momenta it held before.
 
     Example:
         >>> sched = Schedule(lambda pct: 1 - pct, lrs=0.1)       # linear decay to 0
@@ -66,6 +67,9 @@ class Schedule(Callback):
 
     def before_fit(self, run):
         groups = run.opt.param_groups
+        # what the optimizer held before: put back after the fit, so the next fit (or fit_one_cycle
+        # with max_lr=None) starts from the user's rates, not from the schedule's last tiny one
+        self.saved = [{k: g[k] for k in ("lr", "betas", "momentum") if k in g} for g in groups]
         per_epoch = math.ceil(run.history.info["batches_per_epoch"] / run.accumulate)
         self.total = max(1, run.epochs * per_epoch)
         if self.lrs is None:
@@ -103,6 +107,10 @@ class Schedule(Callback):
         self.used_lrs.append(g["lr"])
         if self.mom_groups:
             self.used_moms.append(g["betas"][0] if "betas" in g else g.get("momentum"))
+
+    def after_fit(self, run):
+        for g, saved in zip(run.opt.param_groups, getattr(self, "saved", [])):
+            g.update(saved)
 
     def state_dict(self):
         return {"lrs": list(self.used_lrs), "moms": list(self.used_moms)}

@@ -1,0 +1,82 @@
+"""fit's event semantics a fastai or Keras user relies on: after_fit runs after CancelFit, an epoch
+cancelled in after_epoch is still recorded, a schedule gives the optimizer its rates back, and
+EarlyStopping picks the direction of a figure the way Keras does; History lookups."""
+import numpy as np
+import pytest
+import torch
+from torch import nn, optim
+
+from netfit import CancelFit, Callback, EarlyStopping, History, ImageClassifierData, fit, one_cycle
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((512, 20)).astype(np.float32)
+Y = (X[:, :3].argmax(1)).astype(np.int64)
+
+
+def md():
+    return ImageClassifierData.from_arrays(".", (X, Y), (X[:128], Y[:128]), bs=32, device="cpu")
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3), nn.LogSoftmax(dim=1))
+
+
+class StopAt(Callback):
+    def __init__(self, epoch, event="after_epoch"):
+        self.epoch, self.seen = epoch, []
+        setattr(self, event, self._stop)
+
+    def _stop(self, run):
+        if run.epoch == self.epoch:
+            raise CancelFit()
+
+    def after_fit(self, run):
+        self.seen.append("after_fit")
+
+
+def test_after_fit_runs_after_cancel_fit_and_the_cancelled_epoch_is_recorded():
+    stop = StopAt(1)
+    h = fit(net(), md(), 4, callbacks=[stop], verbose=False)
+    assert h["epoch"] == [0, 1] and stop.seen == ["after_fit"]
+    stop = StopAt(1, "before_epoch")
+    h = fit(net(), md(), 4, callbacks=[stop], verbose=False)
+    assert h["epoch"] == [0] and stop.seen == ["after_fit"]
+
+
+def test_early_stopping_restores_the_best_weights_when_another_callback_stops_the_fit():
+    m = net()
+    es = EarlyStopping(patience=10)
+    h = fit(m, md(), 6, optim.SGD(m.parameters(), 1.5), callbacks=[es, StopAt(4)], verbose=False)
+    best = int(np.argmin(h["val_loss"]))
+    from netfit.fit import _validate
+    now = _validate(m, md().val_dl, nn.NLLLoss(), [], torch.device("cpu"))["val_loss"]
+    assert now == pytest.approx(h["val_loss"][best], rel=1e-5)
+
+
+def test_a_schedule_gives_the_optimizer_its_rates_back():
+    m = net()
+    opt = optim.Adam(m.parameters(), lr=1e-2)
+    h = fit(m, md(), 2, opt, schedule=one_cycle(), verbose=False)
+    assert max(h.info["lrs"]) == pytest.approx(1e-2) and h.info["lrs"][-1] < 1e-4
+    assert opt.param_groups[0]["lr"] == 1e-2 and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    h2 = fit(m, md(), 1, opt, schedule=one_cycle(), verbose=False)  # max_lr=None: the optimizer's rate again
+    assert max(h2.info["lrs"]) == pytest.approx(1e-2)
+    fit(m, md(), 1, opt, callbacks=[StopAt(0)], schedule=one_cycle(), verbose=False)
+    assert opt.param_groups[0]["lr"] == 1e-2  # also after CancelFit
+
+
+@pytest.mark.parametrize("monitor, mode", [("val_loss", "min"), ("error_rate", "min"), ("mse", "min"),
+                                           ("rmse", "min"), ("accuracy", "max"), ("auc", "max"), ("f1", "max")])
+def test_early_stopping_picks_the_direction_like_keras(monitor, mode):
+    assert EarlyStopping(monitor=monitor).tracker.mode == mode
+
+
+def test_history_lookups():
+    h = History()
+    for e, v in enumerate([0.5, 0.3, 0.4]):
+        h.append({"epoch": e, "val_loss": v})
+    assert h[np.argmin(h["val_loss"])] == {"epoch": 1, "val_loss": 0.3}
+    assert "val_loss" in h and "accuracy" not in h and h.keys() == ["epoch", "val_loss"]
+    with pytest.raises(KeyError, match="no epoch figure 'val_los'; the records hold"):
+        h["val_los"]
