@@ -80,3 +80,17 @@ def test_history_lookups():
     assert "val_loss" in h and "accuracy" not in h and h.keys() == ["epoch", "val_loss"]
     with pytest.raises(KeyError, match="no epoch figure 'val_los'; the records hold"):
         h["val_los"]
+
+
+def test_torch_schedulers_are_stepped_per_epoch_through_torch_scheduler():
+    from netfit import FitError, TorchScheduler
+    m = net()
+    opt = optim.SGD(m.parameters(), lr=0.1)
+    step = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    with pytest.raises(FitError, match=r"PyTorch scheduler \(StepLR\).*TorchScheduler\(sched\)"):
+        fit(m, md(), 3, opt, callbacks=[step], verbose=False)
+    h = fit(m, md(), 3, opt, callbacks=[TorchScheduler(step)], verbose=False)
+    assert h["lr"] == pytest.approx([0.1, 0.05, 0.025])  # the rate each epoch trained with
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.1)
+    fit(m, md(), 2, opt, callbacks=[TorchScheduler(plateau)], verbose=False)
+    assert opt.param_groups[0]["lr"] <= 0.0125

@@ -197,3 +197,21 @@ def test_adamw_decay_is_decoupled_and_skips_biases():
     opt.step()
     torch.testing.assert_close(lin.weight.detach(), w * (1 - 0.1 * 0.5))
     assert torch.equal(lin.bias.detach(), b)
+
+
+def test_lr_find_suggestion_for_a_trained_model_is_inside_the_sweep():
+    """A loss that does not fall (a model already trained) gets a tenth of the rate where it starts to
+    climb, not a rate below the range swept."""
+    from netfit.schedule import _suggest
+    lrs = 1e-7 * (1e8) ** (np.arange(200) / 199)
+    smoothed = np.where(lrs < 1e-2, 0.3, 0.3 + np.log10(lrs / 1e-2))
+    smoothed[:3] = [0.2, 0.25, 0.28]  # the first, noisy averages
+    steepest, min_div10 = _suggest(lrs, smoothed)
+    assert 5e-4 < steepest < 2e-3 and min_div10 >= lrs[0]
+
+
+def test_max_lr_as_fastais_slice_spreads_over_the_param_groups():
+    from netfit.schedule import _spread
+    assert _spread(slice(1e-4, 1e-2), 3) == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert _spread(slice(1e-2), 3) == pytest.approx([1e-3, 1e-3, 1e-2])
+    assert _spread(slice(1e-4, 1e-2), 1) == [1e-2]

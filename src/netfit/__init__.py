@@ -17,7 +17,7 @@ from .metrics import accuracy, error_rate
 from .predict import predict, predict_with_targs
 from .plots import plot_confusion, plot_history, plot_lr_find, plot_top_losses, plots, show
 from .augment import Augment, RandomShift, predict_tta
-from .callbacks import CSVLogger, EarlyStopping, GradientClip, SaveBest, TensorBoard
+from .callbacks import CSVLogger, EarlyStopping, GradientClip, SaveBest, TensorBoard, TorchScheduler
 from .learner import Learner
 from .schedule import LRFinderResult, Schedule, cosine, fit_one_cycle, lr_find, one_cycle, param_groups, step_decay
 from .seed import seed_everything
@@ -39,7 +39,7 @@ __all__ = ["datasets", "models", "scratch", "T", "V", "to_np", "ImageClassifierD
            "DataError", "FitError", "NonFiniteLossError", "CheckpointError", "load", "Predictor", "ExportError",
            "lr_find", "LRFinderResult", "plot_lr_find", "Schedule", "one_cycle", "cosine", "step_decay",
            "fit_one_cycle", "param_groups", "EarlyStopping", "SaveBest", "GradientClip", "CSVLogger",
-           "TensorBoard", "Augment", "RandomShift", "predict_tta", "Learner", "seed_everything",
+           "TensorBoard", "TorchScheduler", "Augment", "RandomShift", "predict_tta", "Learner", "seed_everything",
            "__version__"]
 if importlib.util.find_spec("sklearn") is not None:  # `from netfit import *` must work without it
     __all__.append("NetClassifier")

@@ -1,4 +1,5 @@
-"""Callbacks for `fit`: early stopping, saving the best model, gradient clipping, CSV and TensorBoard logs.
+"""Callbacks for `fit`: early stopping, saving the best model, gradient clipping, CSV and TensorBoard logs,
+and `TorchScheduler`, which steps one of PyTorch's own LR schedulers once per epoch.
 
     fit(net, md, 20, callbacks=[EarlyStopping(patience=3), SaveBest("runs/best"), CSVLogger("log.csv")])
 
@@ -14,7 +15,7 @@ import torch
 from .checks import FitError
 from .fit import CancelFit, Callback
 
-__all__ = ["EarlyStopping", "SaveBest", "GradientClip", "CSVLogger", "TensorBoard"]
+__all__ = ["EarlyStopping", "SaveBest", "GradientClip", "CSVLogger", "TensorBoard", "TorchScheduler"]
 
 
 _HIGHER_IS_BETTER = ("acc", "auc", "f1", "fbeta", "precision", "recall", "r2", "dice", "iou", "map")
@@ -264,3 +265,42 @@ class TensorBoard(Callback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class TorchScheduler(Callback):
+    """Step a `torch.optim.lr_scheduler` scheduler after each epoch, as PyTorch's own loops do;
+    `ReduceLROnPlateau` is stepped with the epoch's `monitor` figure.
+
+    Per-step schedules are netfit's `schedule=` (`one_cycle`, `cosine`, ...), which also survive a
+    checkpoint; this callback carries the scheduler's state through checkpoints too.
+
+    Example:
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        >>> cb = TorchScheduler(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+        >>> # fit(net, md, 3, opt, callbacks=[cb])  -> rates 0.1, 0.05, 0.025 for the three epochs
+    """
+
+    def __init__(self, scheduler, monitor="val_loss"):
+        if not hasattr(scheduler, "step") or not hasattr(scheduler, "optimizer"):
+            raise FitError(f"TorchScheduler takes a torch.optim.lr_scheduler scheduler; got {type(scheduler).__name__}")
+        self.scheduler, self.monitor = scheduler, monitor
+
+    def before_fit(self, run):
+        if self.scheduler.optimizer is not run.opt:
+            raise FitError(f"the {type(self.scheduler).__name__} was built for another optimizer than the one fit "
+                           "trains with; build it from the same opt")
+
+    def after_epoch(self, run):
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if self.monitor not in run.record:
+                raise FitError(f"ReduceLROnPlateau monitors {self.monitor!r} but the epoch records hold "
+                               f"{sorted(run.record)}; pass monitor= one of those")
+            self.scheduler.step(run.record[self.monitor])
+        else:
+            self.scheduler.step()
+
+    def state_dict(self):
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state):
+        self.scheduler.load_state_dict(state)

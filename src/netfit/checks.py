@@ -33,6 +33,10 @@ def _check_args(crit, metrics, callbacks, checkpoint_every, events=()):
     for cb in callbacks or []:
         if isinstance(cb, type):
             raise FitError(f"callbacks must be callback objects; got the class {cb.__name__} (pass {cb.__name__}())")
+        if isinstance(cb, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)):
+            raise FitError(f"callbacks got a PyTorch scheduler ({type(cb).__name__}), which fit cannot call by itself: "
+                           f"wrap it, callbacks=[TorchScheduler(sched)] (stepped after each epoch), or use netfit's "
+                           "per-step schedule=one_cycle(...)")
         _warn_unknown_events(cb, events)
     if getattr(crit, "reduction", "mean") not in ("mean", "sum"):
         raise FitError(f"crit must reduce the batch to one number (reduction='mean' or 'sum'); got "

@@ -74,6 +74,8 @@ class Schedule(Callback):
         self.total = max(1, run.epochs * per_epoch)
         if self.lrs is None:
             self.peaks = [g["lr"] for g in groups]
+        elif isinstance(self.lrs, slice):  # fastai's spelling for discriminative rates over the groups
+            self.peaks = _spread(self.lrs, len(groups))
         elif isinstance(self.lrs, (list, tuple, np.ndarray)):
             if len(self.lrs) != len(groups):
                 raise ValueError(f"got {len(self.lrs)} peak rates for {len(groups)} param groups")
@@ -119,11 +121,25 @@ class Schedule(Callback):
         self.used_lrs, self.used_moms = list(state["lrs"]), list(state["moms"])
 
 
+def _spread(rates, n):
+    """fastai's `slice` of rates over `n` param groups: slice(lo, hi) spreads them geometrically from
+    the first group to the last; slice(hi) gives the last group hi and the others hi / 10."""
+    if rates.stop is None:
+        raise ValueError(f"a slice of rates needs a stop (the last group's rate); got {rates}")
+    hi = float(rates.stop)
+    if n == 1:
+        return [hi]
+    if rates.start is None:
+        return [hi / 10] * (n - 1) + [hi]
+    return [float(r) for r in np.geomspace(float(rates.start), hi, n)]
+
+
 def one_cycle(max_lr=None, pct_start=0.25, div=25.0, div_final=1e5, moms=(0.95, 0.85, 0.95)):
     """The one-cycle schedule as a callback: `fit(..., schedule=one_cycle(1e-2))`.
 
     Args:
-        max_lr: the peak rate (a float, one per param group, or None for the optimizer's rates).
+        max_lr: the peak rate: a float, one per param group, fastai's `slice(lo, hi)` (spread over
+            the groups), or None for the optimizer's rates.
         pct_start: fraction of the steps spent warming up. div: start at `max_lr / div`.
         div_final: end at `max_lr / div_final`. moms: momentum at start, peak rate and end, or None.
 
@@ -211,7 +227,9 @@ class LRFinderResult:
     `suggestion` is `steepest`, the rate where the smoothed loss falls fastest against log(rate)
     (slope over a window of 12 steps), searched from the 10th step to the minimum of the smoothed
     loss; `min_div10` is the rate at that minimum divided by 10 (the older rule of thumb), given
-    for comparison. For Adam on Fashion-MNIST both land between 1e-3 and 1e-2.
+    for comparison. For Adam on Fashion-MNIST both land between 1e-3 and 1e-2. Where the loss does
+    not fall at all (a model already trained), `steepest` is a tenth of the rate at which the
+    smoothed loss climbs 10% above its minimum. Neither is ever below the first rate swept.
     """
     lrs: np.ndarray
     losses: np.ndarray
@@ -258,14 +276,19 @@ def _suggest(lrs, smoothed, skip_start=10, window=6):
     lrs, smoothed = lrs[finite], smoothed[finite]
     if len(lrs) < 3:
         raise ValueError(f"the sweep ran {len(lrs)} steps; lr_find needs at least 3 (raise num_it or end_lr)")
-    lo = int(np.argmin(smoothed))
-    min_div10 = float(lrs[lo] / 10)
-    log_lrs, best, steepest = np.log(lrs), 0.0, min_div10
+    start = min(skip_start, len(lrs) - 1)  # the first smoothed values average only a few noisy batches
+    lo = start + int(np.argmin(smoothed[start:]))
+    min_div10 = float(max(lrs[lo] / 10, lrs[0]))  # never below the range swept
+    log_lrs, best, steepest = np.log(lrs), 0.0, None
     for i in range(min(max(skip_start, window), lo), lo + 1):
         a, b = max(i - window, 0), min(i + window, len(lrs) - 1)
         slope = (smoothed[b] - smoothed[a]) / (log_lrs[b] - log_lrs[a])  # loss per e-fold of rate
         if slope < best:
             best, steepest = slope, float(lrs[i])
+    if steepest is None:  # no fall at all (a trained model): a tenth of the rate where the loss starts to climb
+        rise = np.nonzero(smoothed[lo:] > smoothed[lo] + 0.1 * abs(smoothed[lo]))[0]
+        steepest = float(max(lrs[lo + rise[0]] if len(rise) else lrs[-1], lrs[0]) / 10)
+        steepest = max(steepest, float(lrs[0]))
     return steepest, min_div10
 
 
