@@ -1,6 +1,8 @@
 """fit's event semantics a fastai or Keras user relies on: after_fit runs after CancelFit, an epoch
 cancelled in after_epoch is still recorded, a schedule gives the optimizer its rates back, and
 EarlyStopping picks the direction of a figure the way Keras does; History lookups."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -94,3 +96,19 @@ def test_torch_schedulers_are_stepped_per_epoch_through_torch_scheduler():
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.1)
     fit(m, md(), 2, opt, callbacks=[TorchScheduler(plateau)], verbose=False)
     assert opt.param_groups[0]["lr"] <= 0.0125
+
+
+def test_callback_states_are_matched_by_class_on_resume(tmp_path):
+    from netfit import SaveBest
+    ckpt = tmp_path / "ckpt"
+    m = net()
+    opt = optim.Adam(m.parameters())
+    fit(m, md(), 2, opt, callbacks=[SaveBest(tmp_path / "best", mean=0, std=1), EarlyStopping(patience=5)],
+        checkpoint=ckpt, schedule=one_cycle(1e-2), verbose=False)
+    es = EarlyStopping(patience=5)  # listed first now, SaveBest left out: by position it would get SaveBest's state
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        h = fit(m, md(), 4, opt, callbacks=[es], checkpoint=ckpt, resume=True, schedule=one_cycle(1e-2),
+                verbose=False)
+    assert not [x for x in w if "starts afresh" in str(x.message)]
+    assert len(h.info["lrs"]) == 4 * 16  # the schedule's 2 saved epochs of rates kept

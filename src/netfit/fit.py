@@ -575,7 +575,8 @@ def _save(run, epoch, batch, order, losses):
         "format": 1, "epoch": epoch, "batch": batch, "step": run.step,
         "model": run.model.state_dict(), "opt": run.opt.state_dict(), "opt_class": type(run.opt).__name__,
         "scaler": run.scaler.state_dict() if run.scaler else None,
-        "callbacks": [cb.state_dict() if callable(getattr(cb, "state_dict", None)) else None for cb in run.callbacks],
+        "callbacks": [{"name": type(cb).__name__, "state": cb.state_dict()} for cb in run.callbacks
+                      if callable(getattr(cb, "state_dict", None))],  # matched by class name on resume
         "order": order.cpu() if order is not None else None,
         "loss_values": values, "loss_counts": counts, "seed": run.seed,
         "history": run.history.records, "rng": rng_state(),
@@ -602,9 +603,7 @@ def _restore(run, path):
         raise FitError(f"{path}: the checkpoint does not fit this model/optimizer: {e}") from None
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
-    for cb, cb_state in zip(run.callbacks, state.get("callbacks", [])):
-        if cb_state is not None and callable(getattr(cb, "load_state_dict", None)):
-            cb.load_state_dict(cb_state)
+    _restore_callbacks(run.callbacks, state.get("callbacks", []), path)
     run.step = state["step"]
     if state.get("seed") is not None:  # the permutations of the run that wrote it
         run.seed = state["seed"]
@@ -613,6 +612,30 @@ def _restore(run, path):
     if state["batch"] == 0:
         set_rng_state(state["rng"])  # at an epoch boundary: the next permutation is drawn from here
     return state
+
+
+def _restore_callbacks(callbacks, saved, path):
+    """Give each callback with `load_state_dict` the saved state of the same class, in order, so that
+    a resume with the callbacks listed in another order (or one fewer) still matches them up."""
+    if any(not (isinstance(e, dict) and set(e) == {"name", "state"}) for e in saved):  # older files: by position
+        for cb, cb_state in zip(callbacks, saved):
+            if cb_state is not None and callable(getattr(cb, "load_state_dict", None)):
+                cb.load_state_dict(cb_state)
+        return
+    left = list(saved)
+    for cb in callbacks:
+        if not callable(getattr(cb, "load_state_dict", None)):
+            continue
+        match = next((e for e in left if e["name"] == type(cb).__name__), None)
+        if match is None:
+            _warn(f"{path}: the checkpoint holds no state for {type(cb).__name__}; it starts afresh")
+            continue
+        left.remove(match)
+        try:
+            cb.load_state_dict(match["state"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise FitError(f"{path}: the saved state of {type(cb).__name__} does not fit it ({type(e).__name__}: "
+                           f"{e}); resume with the callbacks the run was saved with") from None
 
 
 _FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
