@@ -112,3 +112,17 @@ def test_callback_states_are_matched_by_class_on_resume(tmp_path):
                 verbose=False)
     assert not [x for x in w if "starts afresh" in str(x.message)]
     assert len(h.info["lrs"]) == 4 * 16  # the schedule's 2 saved epochs of rates kept
+
+
+def test_a_validation_figure_without_validation_data_is_named_before_training():
+    from netfit import FitError, accuracy
+    data = ImageClassifierData.from_arrays(".", (X, Y), None, bs=32, device="cpu")
+    m = net()
+    before = [p.clone() for p in m.parameters()]
+    with pytest.raises(FitError, match="monitors 'val_loss', a validation figure, but fit has no validation data"):
+        fit(m, data, 2, callbacks=[EarlyStopping()], verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        fit(m, data, 1, metrics=[accuracy], verbose=False)
+    assert any("measured on the validation data, and fit has none" in str(x.message) for x in w)

@@ -35,6 +35,15 @@ class _Monitor:
         self.monitor, self.mode, self.min_delta, self.owner = monitor, mode, min_delta, owner
         self.best, self.best_epoch = None, None
 
+    def check(self, run):
+        """FitError before training when the figure can only come from validation and there is none."""
+        from .fit import _loaders
+        from .history import _metric_name
+        validation = ["val_loss"] + [_metric_name(m) for m in run.metrics]
+        if self.monitor in validation and _loaders(run.data)[1] is None:
+            raise FitError(f"{self.owner} monitors {self.monitor!r}, a validation figure, but fit has no validation "
+                           "data; pass a val set, or monitor='trn_loss'")
+
     def value(self, run):
         if self.monitor not in run.record:
             raise FitError(f"{self.owner} monitors {self.monitor!r} but the epoch records hold "
@@ -84,6 +93,7 @@ class EarlyStopping(Callback):
         self.wait, self.best_weights, self.stop = 0, None, False
 
     def before_fit(self, run):
+        self.tracker.check(run)
         if not run.history.records:  # a fresh run; a resumed one keeps what load_state_dict gave it
             self.tracker.best = self.tracker.best_epoch = self.best_weights = None
             self.wait, self.stop = 0, False
@@ -142,6 +152,7 @@ class SaveBest(Callback):
         self.tracker = _Monitor(monitor, mode, min_delta, "SaveBest")
 
     def before_fit(self, run):
+        self.tracker.check(run)
         if not run.history.records:
             self.tracker.best = self.tracker.best_epoch = None
 

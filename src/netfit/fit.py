@@ -231,6 +231,9 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     crit = _default_crit(model, trn_dl) if crit is None else crit
     _check_data(model, crit, [("training data", trn_dl), ("validation data", val_dl)])
     metrics = list(metrics or [])
+    if metrics and val_dl is None:
+        _warn(f"metrics={[_metric_name(m) for m in metrics]} are measured on the validation data, and fit has "
+              "none: they will not appear in the History (pass a validation set)")
     callbacks = list(callbacks or []) + ([schedule] if schedule is not None else [])
     handlers = {e: [getattr(cb, e) for cb in callbacks if callable(getattr(cb, e, None))] for e in EVENTS}
 
