@@ -126,3 +126,52 @@ def test_a_validation_figure_without_validation_data_is_named_before_training():
         warnings.simplefilter("always")
         fit(m, data, 1, metrics=[accuracy], verbose=False)
     assert any("measured on the validation data, and fit has none" in str(x.message) for x in w)
+
+
+def test_every_callback_sees_the_epoch_a_cancel_fit_ends():
+    from netfit import CSVLogger
+    import tempfile, os
+    path = os.path.join(tempfile.mkdtemp(), "log.csv")
+    m = net()
+    es = EarlyStopping(patience=5)
+    h = fit(m, md(), 4, optim.SGD(m.parameters(), 0.5), callbacks=[StopAt(2), CSVLogger(path), es], verbose=False)
+    assert h["epoch"] == [0, 1, 2]
+    assert len(open(path).read().strip().splitlines()) == 1 + 3  # header and every recorded epoch
+    assert es.tracker.best == min(h["val_loss"])
+
+
+def test_a_resumed_schedule_keeps_its_peaks_and_gives_back_the_users_rates(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    m = net()
+    opt = optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    fit(m, md(), 4, opt, callbacks=[StopAt(1)], checkpoint=ckpt, schedule=one_cycle(), verbose=False)
+    full = net()
+    h_full = fit(full, md(), 4, optim.SGD(full.parameters(), lr=0.1, momentum=0.9), schedule=one_cycle(),
+                 verbose=False)
+    m2 = net()
+    opt2 = optim.SGD(m2.parameters(), lr=0.1, momentum=0.9)  # a fresh process's objects
+    h = fit(m2, md(), 4, opt2, checkpoint=ckpt, resume=True, schedule=one_cycle(), verbose=False)
+    assert h.info["lrs"] == pytest.approx(h_full.info["lrs"])
+    assert opt2.param_groups[0]["lr"] == 0.1 and opt2.param_groups[0]["momentum"] == 0.9
+
+
+def test_the_first_batch_check_leaves_a_tuple_output_to_a_custom_loss():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class TupleNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(20, 3)
+
+        def forward(self, x):
+            o = self.l(x)
+            return o, o.detach()
+    dl = DataLoader(TensorDataset(torch.tensor(X), torch.tensor(Y)), batch_size=32)
+    fit(TupleNet(), (dl, None), 1, crit=lambda p, y: nn.functional.cross_entropy(p[0], y), verbose=False)
+
+
+def test_figures_pickle():
+    import pickle
+    from netfit import plots
+    fig = plots(np.random.rand(2, 28, 28))
+    assert type(pickle.loads(pickle.dumps(fig))).__name__ == "NotebookFigure"

@@ -96,7 +96,7 @@ def _check_first_batch(model, crit, preds, yb):
     (a torch DataLoader...): before the loss runs, so that on CUDA a bad label is a sentence, not a
     device-side assert. One host read, once per fit."""
     _check_model_output(crit, preds)
-    _check_outputs(model, crit, preds.detach())
+    _check_outputs(model, crit, preds.detach() if isinstance(preds, torch.Tensor) else preds)
     _check_labels(crit, preds, yb, "the training data", "its first batch")
 
 

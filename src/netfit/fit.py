@@ -305,10 +305,11 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                 run.record["time"] = time.perf_counter() - start
                 run.record["lr"] = opt.param_groups[0]["lr"]
                 cancelled = False
-                try:
-                    emit("after_epoch")
-                except CancelFit:  # the epoch was trained: record it, then stop
-                    cancelled = True
+                for handler in handlers["after_epoch"]:  # every callback sees the epoch, even after a CancelFit
+                    try:
+                        handler(run)
+                    except CancelFit:  # the epoch was trained: record it, then stop
+                        cancelled = True
                 history.append(run.record)
                 progress.write(_table_row(run.record, keys))
                 if checkpoint is not None:

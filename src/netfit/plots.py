@@ -26,7 +26,7 @@ def _figure_class():
     once, either way, it leaves pyplot, which then has nothing left to draw."""
     from matplotlib.figure import Figure
 
-    class NotebookFigure(Figure):
+    class NotebookFigure(Figure):  # made on first use (no matplotlib import with netfit); see __getattr__
         def _ipython_display_(self):
             import io
 
@@ -36,7 +36,14 @@ def _figure_class():
             self.savefig(buf, format="png", bbox_inches="tight")
             display(Image(buf.getvalue()))
             plt.close(self)
+    NotebookFigure.__qualname__ = "NotebookFigure"  # pickled as netfit.plots.NotebookFigure
     return NotebookFigure
+
+
+def __getattr__(name):
+    if name == "NotebookFigure":  # unpickling a figure: the class, made as plots made it
+        return _figure_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _image(im):

@@ -67,11 +67,12 @@ class Schedule(Callback):
 
     def before_fit(self, run):
         groups = run.opt.param_groups
+        resumed = bool(run.history.records) or run.step > 0
+        if resumed and getattr(self, "saved", None) is not None:  # from the checkpoint (load_state_dict):
+            return self._start(run)  # the run's own peaks and the user's rates, not the mid-schedule ones
         # what the optimizer held before: put back after the fit, so the next fit (or fit_one_cycle
         # with max_lr=None) starts from the user's rates, not from the schedule's last tiny one
         self.saved = [{k: g[k] for k in ("lr", "betas", "momentum") if k in g} for g in groups]
-        per_epoch = math.ceil(run.history.info["batches_per_epoch"] / run.accumulate)
-        self.total = max(1, run.epochs * per_epoch)
         if self.lrs is None:
             self.peaks = [g["lr"] for g in groups]
         elif isinstance(self.lrs, slice):  # fastai's spelling for discriminative rates over the groups
@@ -84,6 +85,13 @@ class Schedule(Callback):
             self.peaks = [float(self.lrs)] * len(groups)
         if any(not p > 0 for p in self.peaks):
             raise ValueError(f"Invalid learning rate: peak rates must be positive; got {self.peaks}")
+        self._start(run)
+
+    def _start(self, run):
+        """What every fit sets up, fresh or resumed: the step count, the momentum groups, the records."""
+        groups = run.opt.param_groups
+        per_epoch = math.ceil(run.history.info["batches_per_epoch"] / run.accumulate)
+        self.total = max(1, run.epochs * per_epoch)
         # momentum only where the optimizer has it: a plain SGD(momentum=0) stays plain
         self.mom_groups = [g for g in groups if ("betas" in g) or g.get("momentum", 0) > 0] if self.mom_fn else []
         # a fresh run starts at step 0 and records anew; a resumed one keeps the steps it already took
@@ -115,10 +123,13 @@ class Schedule(Callback):
             g.update(saved)
 
     def state_dict(self):
-        return {"lrs": list(self.used_lrs), "moms": list(self.used_moms)}
+        return {"lrs": list(self.used_lrs), "moms": list(self.used_moms), "peaks": list(getattr(self, "peaks", [])),
+                "saved": getattr(self, "saved", None)}
 
     def load_state_dict(self, state):
         self.used_lrs, self.used_moms = list(state["lrs"]), list(state["moms"])
+        if state.get("saved") is not None:  # checkpoints from before these were kept: before_fit works them out
+            self.peaks, self.saved = list(state["peaks"]), [dict(g) for g in state["saved"]]
 
 
 def _spread(rates, n):
