@@ -97,3 +97,30 @@ def test_cli_lr_given_wins_and_options_are_documented(small_pickle, tmp_path, ca
         assert opt in help_text
     rc = main(["train", "--data-path", str(small_pickle), "--accumulate", "0", "--out", str(out)])
     assert rc == 1 and "--accumulate" in capsys.readouterr().err
+
+
+def test_learner_save_load_tied_weights_and_clear_errors(tmp_path):
+    import numpy as np
+    import torch
+    from torch import nn
+    from netfit import ExportError, ImageClassifierData, Learner
+    x = np.random.default_rng(0).random((64, 4), dtype=np.float32)
+    md = ImageClassifierData.from_arrays(".", (x, np.arange(64) % 3), (x, np.arange(64) % 3), device="cpu")
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return torch.log_softmax(self.out(self.b(self.a(x))), 1)
+    learn = Learner(Tied(), md)
+    path = learn.save(tmp_path / "w.safetensors")
+    again = Learner(Tied(), md).load(path)
+    assert torch.equal(again.model.a.weight, learn.model.a.weight) and again.model.b.weight is again.model.a.weight
+    with pytest.raises(ExportError, match="do not fit this model.*Missing key"):
+        Learner(nn.Linear(4, 3), md).load(path)
+    (tmp_path / "junk").write_bytes(b"junk" * 10)
+    with pytest.raises(ExportError, match="junk: not a weights file"):
+        Learner(nn.Linear(4, 3), md).load(tmp_path / "junk")

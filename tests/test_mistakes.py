@@ -418,3 +418,19 @@ def test_a_torch_dataloaders_first_batch_is_checked_before_the_loss(labels, crit
     with pytest.raises(DataError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
         fit(net, (dl, None), 1, optim.Adam(net.parameters()), crit, verbose=False)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # before any step
+
+
+def test_device_seed_and_random_state_spellings():
+    from netfit import FitError, NetClassifier
+    with pytest.raises(DataError, match="device 'gpu' is not a torch device; expected 'cpu', 'cuda'"):
+        ImageClassifierData.from_arrays("data", (XN, Y), None, device="gpu")
+    with pytest.raises(FitError, match="seed must be an integer or None; got 'abc'"):
+        fit(lesson_net(), md_of(), 1, seed="abc", verbose=False)
+    clf = NetClassifier(epochs=1, device="cpu", random_state=np.random.RandomState(0)).fit(X[:100], Y[:100])
+    assert clf.score(X[:100], Y[:100]) >= 0
+
+
+def test_cli_resume_without_a_checkpoint_says_it_starts_from_scratch(digits_pickle, tmp_path, capsys):
+    assert main(["train", "--data-path", str(digits_pickle), "--model", "logreg", "--epochs", "1", "--resume",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert "no checkpoint at" in capsys.readouterr().out

@@ -220,6 +220,8 @@ def train(args):
         + ([GradientClip(max_norm=args.clip)] if args.clip is not None else []) \
         + ([EarlyStopping(patience=args.early_stop)] if args.early_stop is not None else [])
     schedule = {"none": None, "one-cycle": one_cycle(lr), "cosine": cosine(lr)}[args.schedule]
+    if args.resume and not (out / "ckpt").exists() and not (out / "ckpt.prev").exists():
+        say(f"--resume: no checkpoint at {out / 'ckpt'}; starting from scratch")
     if main_rank:  # written only once training starts: a run that fails before does not overwrite it
         (out / "args.json").write_text(json.dumps({k: getattr(args, k) for k in _RUN_OPTIONS}, indent=2))
     history = fit(net, md, args.epochs, opt, nn.NLLLoss(), [accuracy], callbacks, verbose=not args.quiet,

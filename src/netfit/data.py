@@ -290,7 +290,7 @@ class ImageClassifierData:
         xt = None
         if test is not None:
             xt, _ = as_tensors(test[0] if isinstance(test, (tuple, list)) and len(test) == 2 else test, None, "test")
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = _device(device) if device is not None else default_device()
         self.trn_dl = ArrayLoader(x, y, bs, shuffle=True)
         self.val_dl = ArrayLoader(xv, yv, bs) if xv is not None else None
         self.test_dl = ArrayLoader(xt, None, bs) if xt is not None else None
@@ -403,6 +403,15 @@ class ImageClassifierData:
             xt = read_images(sorted(p for p in (root / test).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES),
                              size, mode)
         return cls(path, (x, y), val, bs=bs, test=xt, classes=classes, device=device)
+
+
+def _device(device):
+    """torch.device(device), or a DataError naming the usual spellings."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DataError(f"device {device!r} is not a torch device; expected 'cpu', 'cuda', 'cuda:1', 'mps' or "
+                        "default_device()") from None
 
 
 def _warn_scale(x, xv):

@@ -95,8 +95,11 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         self._check_params()
         device = torch.device(self.device) if self.device is not None else default_device()
         with torch.random.fork_rng(devices=[]):  # seed weights and shuffling; leave the caller's RNG alone
-            if self.random_state is not None:
-                torch.manual_seed(int(self.random_state))
+            if self.random_state is not None:  # an int, or a numpy RandomState as scikit-learn allows
+                from sklearn.utils import check_random_state
+                seed = (int(self.random_state) if isinstance(self.random_state, (int, np.integer))
+                        else int(check_random_state(self.random_state).randint(2 ** 31 - 1)))
+                torch.manual_seed(seed)
             module = self._build(X.shape[1], len(classes)).to(device)
             crit = self._crit(module)
             outputs = self._outputs_kind(module, crit)

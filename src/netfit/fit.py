@@ -209,6 +209,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         raise FitError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
         raise FitError(f"accumulate must be a positive integer; got {accumulate!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise FitError(f"seed must be an integer or None; got {seed!r}")
     if on_nan not in ("raise", "warn"):
         raise FitError(f"on_nan must be 'raise' or 'warn'; got {on_nan!r}")
     if (resume or checkpoint_every) and checkpoint is None:

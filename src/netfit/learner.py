@@ -72,19 +72,28 @@ class Learner:
         return predict(self.model, x_or_dl)
 
     def save(self, path):
-        """Write the model's weights (state dict) to `path` as safetensors; returns the path."""
-        from safetensors.torch import save_file
+        """Write the model's weights (state dict) to `path` as safetensors; returns the path. Tied weights
+        (one tensor under two names) are written once, as safetensors requires."""
+        from safetensors.torch import save_model
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(path))
+        save_model(self.model, str(path))
         return path
 
     def load(self, path):
         """Load weights written by `save` into the model, on its device; returns self."""
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+        from .export import ExportError
         p = next(self.model.parameters(), None)
         device = str(p.device) if p is not None else "cpu"
-        self.model.load_state_dict(load_file(str(path), device=device))
+        try:
+            load_model(self.model, str(path), device=device)  # tied weights: one saved tensor, both names
+        except (SafetensorError, OSError) as e:
+            raise ExportError(f"{path}: not a weights file Learner.save wrote ({e})") from None
+        except RuntimeError as e:
+            raise ExportError(f"{path}: the weights do not fit this model ({' '.join(str(e).split())[:300]}); load them "
+                              "into the architecture they were saved from") from None
         return self
 
     def export(self, path, **kwargs):
