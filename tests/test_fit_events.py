@@ -175,3 +175,21 @@ def test_figures_pickle():
     from netfit import plots
     fig = plots(np.random.rand(2, 28, 28))
     assert type(pickle.loads(pickle.dumps(fig))).__name__ == "NotebookFigure"
+
+
+def test_cancel_epoch_reports_the_loss_of_the_batches_trained():
+    from netfit import CancelEpoch
+
+    class Half(Callback):
+        def after_batch(self, run):
+            if run.batch == 7:
+                raise CancelEpoch()
+    h = fit(net(), md(), 2, callbacks=[Half()], verbose=False)
+    assert all(np.isfinite(h["trn_loss"]))
+
+
+def test_learner_predict_without_validation_data_says_so():
+    from netfit import DataError, Learner
+    learn = Learner(net(), ImageClassifierData.from_arrays(".", (X, Y), None, bs=32, device="cpu"))
+    with pytest.raises(DataError, match="no validation set to predict on; pass the inputs"):
+        learn.predict()

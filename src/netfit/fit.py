@@ -94,6 +94,7 @@ class Run:
     checkpoint: object = None
     checkpoint_every: int = None
     callbacks: list = field(default_factory=list)
+    epoch_losses: object = None  # this epoch's training-loss Mean so far (eager loop)
     unchecked: bool = False     # the training loader holds no arrays to check before fit: check batch 1
 
 
@@ -287,7 +288,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
             emit("before_fit")
             for epoch in range(start_epoch, int(epochs)):
                 run.epoch, start = epoch, time.perf_counter()
-                run.record = {"epoch": epoch}
+                run.record, run.epoch_losses = {"epoch": epoch}, None
                 progress.start_epoch(_n_batches(trn_dl, rank, world), f"epoch {epoch}")
                 try:
                     emit("before_epoch")
@@ -296,8 +297,9 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                             run.record["trn_loss"] = _train_epoch_graphed(run, trn_dl, emit, progress, graphed)
                     else:
                         run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress, resume_at)
-                except CancelEpoch:
-                    run.record.setdefault("trn_loss", float("nan"))
+                except CancelEpoch:  # the mean over the batches trained before it (NaN if none)
+                    done = getattr(run, "epoch_losses", None)
+                    run.record.setdefault("trn_loss", done.value if done is not None and done.n else float("nan"))
                 if graphed is not None and graphed.why_not:  # the graph gave up: the rest of the fit runs eagerly
                     history.info["step"] = f"eager: {graphed.why_not} (graphed until epoch {epoch})"
                     graphed = None
@@ -350,7 +352,7 @@ def _train_epoch(run, dl, emit, progress, resume_at=None):
     """One pass over the training batches; returns the mean training loss (one host read)."""
     model, opt, crit, k = run.train_model, run.opt, run.crit, run.accumulate
     run.model.train()
-    losses = Mean()
+    losses = run.epoch_losses = Mean()  # on the run: a CancelEpoch still reports the loss of the batches done
     if resume_at is not None and resume_at["batch"] > 0:  # mid-epoch: same order, same RNG, next batch
         order, first = resume_at["order"], resume_at["batch"]
         if order is not None:
@@ -481,6 +483,8 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
         _check_graphed(run, gs)  # also when the last batches were cancelled
     except (CancelEpoch, CancelFit):
         _check_graphed(run, gs)  # a NaN before the cancel still stops the fit
+        if rows_done:
+            run.record["trn_loss"] = gs.total.item() / rows_done  # the batches trained before the cancel
         raise
     finally:
         gs.end_epoch()

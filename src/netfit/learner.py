@@ -69,6 +69,10 @@ class Learner:
         """The model's outputs as numpy (N, C) for a loader or array; default the validation loader."""
         if x_or_dl is None:
             x_or_dl = self.data.val_dl if hasattr(self.data, "val_dl") else self.data[1]
+            if x_or_dl is None:
+                from .data import DataError
+                raise DataError("this Learner's data has no validation set to predict on; pass the inputs: "
+                                "learn.predict(x) or learn.predict(md.test_dl)")
         return predict(self.model, x_or_dl)
 
     def save(self, path):
