@@ -215,3 +215,18 @@ def test_max_lr_as_fastais_slice_spreads_over_the_param_groups():
     assert _spread(slice(1e-4, 1e-2), 3) == pytest.approx([1e-4, 1e-3, 1e-2])
     assert _spread(slice(1e-2), 3) == pytest.approx([1e-3, 1e-3, 1e-2])
     assert _spread(slice(1e-4, 1e-2), 1) == [1e-2]
+
+
+def test_one_rate_per_layer_reaches_both_groups_of_a_layer_with_weight_decay():
+    from torch import nn
+    from netfit import ImageClassifierData, fit, one_cycle, param_groups
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3), nn.LogSoftmax(dim=1))
+    opt = torch.optim.AdamW(param_groups(net, 1e-3, wd=0.01))  # 3 layers, 6 groups (decay / no decay)
+    x = np.random.default_rng(0).random((64, 4), dtype=np.float32)
+    md = ImageClassifierData.from_arrays(".", (x, np.arange(64) % 3), (x, np.arange(64) % 3), device="cpu")
+    for rates in ([1e-4, 1e-3, 1e-2], slice(1e-4, 1e-2)):
+        sched = one_cycle(rates)
+        fit(net, md, 1, opt, schedule=sched, verbose=False)
+        assert sched.peaks == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3, 1e-2, 1e-2])
+    with pytest.raises(ValueError, match="got 2 peak rates for 6 param groups \\(3 layers\\)"):
+        fit(net, md, 1, opt, schedule=one_cycle([1e-3, 1e-2]), verbose=False)

@@ -75,12 +75,19 @@ class Schedule(Callback):
         self.saved = [{k: g[k] for k in ("lr", "betas", "momentum") if k in g} for g in groups]
         if self.lrs is None:
             self.peaks = [g["lr"] for g in groups]
-        elif isinstance(self.lrs, slice):  # fastai's spelling for discriminative rates over the groups
-            self.peaks = _spread(self.lrs, len(groups))
-        elif isinstance(self.lrs, (list, tuple, np.ndarray)):
-            if len(self.lrs) != len(groups):
-                raise ValueError(f"got {len(self.lrs)} peak rates for {len(groups)} param groups")
-            self.peaks = [float(r) for r in self.lrs]
+        elif isinstance(self.lrs, (slice, list, tuple, np.ndarray)):
+            # one rate per layer when the groups come from param_groups (a layer may have two), else per group
+            layer = [g.get("layer") for g in groups]
+            per_layer = None not in layer
+            n = len(set(layer)) if per_layer else len(groups)
+            rates = _spread(self.lrs, n) if isinstance(self.lrs, slice) else [float(r) for r in self.lrs]
+            if len(rates) == len(groups):
+                self.peaks = rates
+            elif per_layer and len(rates) == n:
+                self.peaks = [rates[i] for i in layer]
+            else:
+                raise ValueError(f"got {len(rates)} peak rates for {len(groups)} param groups"
+                                 + (f" ({n} layers)" if per_layer else ""))
         else:
             self.peaks = [float(self.lrs)] * len(groups)
         if any(not p > 0 for p in self.peaks):
@@ -383,11 +390,7 @@ def param_groups(model, lrs, wd=None, layers=None):
         raise ValueError("the model has no top-level children with trainable parameters; pass layers=[...]")
     n = len(layers)
     if isinstance(lrs, slice):
-        lo, hi = lrs.start, lrs.stop
-        if lo is None:
-            rates = [hi / 10] * (n - 1) + [hi]
-        else:
-            rates = [float(x) for x in np.geomspace(lo, hi, n)] if n > 1 else [hi]
+        rates = _spread(lrs, n)
     elif isinstance(lrs, (list, tuple, np.ndarray)):
         if len(lrs) != n:
             raise ValueError(f"got {len(lrs)} learning rates for {n} layers with parameters")
@@ -395,13 +398,15 @@ def param_groups(model, lrs, wd=None, layers=None):
     else:
         rates = [float(lrs)] * n
     groups = []
-    for layer, lr in zip(layers, rates):
+    for i, (layer, lr) in enumerate(zip(layers, rates)):
         if not lr > 0:
             raise ValueError(f"Invalid learning rate: {lr}")
         params = [p for p in layer.parameters() if p.requires_grad]
         if wd is None:
-            groups.append({"params": params, "lr": lr})
+            groups.append({"params": params, "lr": lr, "layer": i})
             continue
         decay, no_decay = [p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]
-        groups += [{"params": ps, "lr": lr, "weight_decay": w} for ps, w in ((decay, wd), (no_decay, 0.0)) if ps]
+        # "layer" lets a schedule given one rate per layer find both of a layer's groups
+        groups += [{"params": ps, "lr": lr, "weight_decay": w, "layer": i}
+                   for ps, w in ((decay, wd), (no_decay, 0.0)) if ps]
     return groups
