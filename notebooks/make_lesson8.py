@@ -172,6 +172,32 @@ That is stochastic gradient descent, with a learning rate `lr`."""),
     ("code", """net3 = scratch.LogReg().to(md.device)
 h_loop = scratch.train_loop(net3, md, epochs=EPOCHS, lr=1e-2)
 h_loop"""),
+    ("md", """The lesson wrote the same loop out with an optimizer, fastai 0.7's `V` and `to_np`, and an
+iterator over the loader whose length it asks for; netfit has all three, so the cell runs as typed:"""),
+    ("code", """from netfit import V, to_np
+
+net4 = scratch.LogReg().to(md.device)
+loss = nn.NLLLoss()
+optimizer = optim.SGD(net4.parameters(), lr=1e-2)
+
+def score(x, y):
+    y_pred = to_np(net4(V(x)))
+    return np.sum(y_pred.argmax(axis=1) == to_np(y)) / len(y_pred)
+
+for epoch in range(1):
+    losses = []
+    dl = iter(md.trn_dl)
+    for t in range(len(dl)):
+        xt, yt = next(dl)
+        y_pred = net4(V(xt))
+        l = loss(y_pred, V(yt))
+        losses.append(l.item())
+        optimizer.zero_grad()
+        l.backward()
+        optimizer.step()
+    val_dl = iter(md.val_dl)
+    val_scores = [score(*next(val_dl)) for i in range(len(val_dl))]
+    print(f"mean training loss {np.mean(losses):.4f}, validation accuracy {np.mean(val_scores):.4f}")"""),
     ("md", """## A deeper network: 784-100-100-10
 
 Stacking linear layers with a non-linearity (ReLU, `max(0, x)`) between them lets the network learn
