@@ -298,7 +298,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                     else:
                         run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress, resume_at)
                 except CancelEpoch:  # the mean over the batches trained before it (NaN if none)
-                    done = getattr(run, "epoch_losses", None)
+                    done = run.epoch_losses  # the graphed loop sets trn_loss itself
                     run.record.setdefault("trn_loss", done.value if done is not None and done.n else float("nan"))
                 if graphed is not None and graphed.why_not:  # the graph gave up: the rest of the fit runs eagerly
                     history.info["step"] = f"eager: {graphed.why_not} (graphed until epoch {epoch})"
