@@ -434,3 +434,10 @@ def test_cli_resume_without_a_checkpoint_says_it_starts_from_scratch(digits_pick
     assert main(["train", "--data-path", str(digits_pickle), "--model", "logreg", "--epochs", "1", "--resume",
                  "--out", str(tmp_path / "run")]) == 0
     assert "no checkpoint at" in capsys.readouterr().out
+
+
+def test_per_pixel_normalisation_gets_no_scale_warning():
+    xs = (X - X.mean(0)) / (X.std(0) + 1e-3)
+    xs[0, 0] = 50.0  # a far-out value, as pixels that barely vary give
+    messages, _ = warned(lambda: md_of(x=xs, xv=xs[:100]))
+    assert messages == []
