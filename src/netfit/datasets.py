@@ -47,6 +47,7 @@ class FileSpec:
     raw_sha256: str | None = None  # SHA-256 of the decompressed bytes
     gz_md5: str | None = None      # MD5 of the publisher's .gz, used when the raw hash is unknown
     raw_size: int | None = None    # bytes once decompressed
+    file_sha256: str | None = None  # SHA-256 of the file as published (what sha256sum prints for it)
 
 
 @dataclass(frozen=True)
@@ -148,14 +149,18 @@ def cache_dir(name=None):
 def _verified(blob, spec, name):
     """The decompressed content of file bytes `blob` if it matches `spec`, else raise DatasetError."""
     data = _decompress(blob, name)
+    if spec.file_sha256 is not None:
+        got = hashlib.sha256(blob).hexdigest()
+        if got != spec.file_sha256.lower():
+            raise DatasetError(f"{name}: SHA-256 of the file is {got}, expected {spec.file_sha256}")
     if spec.raw_sha256 is not None:
         got = hashlib.sha256(data).hexdigest()
         if got != spec.raw_sha256:
             raise DatasetError(f"{name}: SHA-256 of the decompressed content is {got}, expected {spec.raw_sha256}")
     elif spec.gz_md5 is not None:
         got = hashlib.md5(blob, usedforsecurity=False).hexdigest()
-        if got != spec.gz_md5:
-            raise DatasetError(f"{name}: MD5 of the gz file is {got}, expected the published {spec.gz_md5}")
+        if got != spec.gz_md5.lower():
+            raise DatasetError(f"{name}: MD5 of the file is {got}, expected {spec.gz_md5} (as published)")
     if spec.raw_size is not None and len(data) != spec.raw_size:
         raise DatasetError(f"{name}: {len(data)} bytes once decompressed, expected {spec.raw_size}")
     return data
@@ -191,7 +196,7 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoDowngrade)
 
 
-def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_000, parse=_parse_idx, check_raw=None):
+def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_000, parse=_parse_idx):
     """Download `url` to a temporary file beside `dest`, verify it, rename it to `dest`; return
     `parse(content, url)` (an IDX file's array by default).
 
@@ -226,10 +231,7 @@ def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_0
                 raise DatasetError(f"{url}: connection closed after {size} of {length} bytes")
             out.flush()
             os.fsync(out.fileno())  # on disk before the rename, so a crash cannot leave a renamed stub
-        blob = Path(tmp).read_bytes()
-        if check_raw is not None:  # hashes of the file as published, before any decompression
-            check_raw(blob, url)
-        arr = parse(_verified(blob, spec, url), url)
+        arr = parse(_verified(Path(tmp).read_bytes(), spec, url), url)
         os.replace(tmp, dest)
         return arr
     finally:
@@ -426,25 +428,18 @@ def get_data(url, dest, sha256=None, md5=None, timeout=30.0, deadline=600.0):
         >>> p = get_data("http://deeplearning.net/data/mnist/mnist.pkl.gz", "data/mnist/mnist.pkl.gz")  # doctest: +SKIP
         >>> ((x, y), (x_valid, y_valid), _) = mnist(p)                                                  # doctest: +SKIP
     """
-    dest = Path(dest).expanduser()
+    dest, spec = Path(dest).expanduser(), FileSpec(gz_md5=md5, file_sha256=sha256)
     if dest.is_dir():
         raise DatasetError(f"{dest} is a folder; expected the file path to download to, such as "
                            f"{dest / (Path(urllib.parse.urlsplit(url).path).name or 'data')}")
-
-    def check(blob, name):
-        for algo, want in (("sha256", sha256), ("md5", md5)):
-            got = want and hashlib.new(algo, blob, usedforsecurity=False).hexdigest()
-            if want and got != want.lower():
-                raise DatasetError(f"{name}: {algo.upper()} of the file is {got}, expected {want}")
     if dest.is_file():
         try:
-            check(dest.read_bytes(), dest)
+            _verified(dest.read_bytes(), spec, dest)
             return dest
         except DatasetError:
             pass  # a stale or damaged copy: download again
-    try:  # _download checks the raw bytes through `parse` before the rename to dest
-        _download(url, dest, FileSpec(), timeout, deadline, max_bytes=2_000_000_000,
-                  parse=lambda data, name: None, check_raw=check)
+    try:  # verified before the rename to dest; nothing to parse
+        _download(url, dest, spec, timeout, deadline, max_bytes=2_000_000_000, parse=lambda data, name: None)
     except urllib.error.HTTPError as e:
         e.close()
         raise DatasetError(f"{url}: HTTP {e.code} {e.reason}") from None

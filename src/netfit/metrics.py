@@ -9,6 +9,8 @@ value by its size and sums on the device, reading the result once per epoch.
 import numpy as np
 import torch
 
+from .data import DataError
+
 __all__ = ["accuracy", "error_rate", "Mean"]
 
 
@@ -40,7 +42,6 @@ def accuracy(preds, targs):
 def _check_pair(preds, targs, fractional_labels):
     """DataError unless preds are (N, C) scores, (N, C, ...) per-pixel scores or (N,) labels, and
     targs hold one label per row (or per pixel)."""
-    from .data import DataError
     p, t = tuple(preds.shape), tuple(targs.shape)
     if len(p) == 0:
         raise DataError(f"preds must be (N, C) class scores or (N,) labels; got shape {p}")
