@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from netfit import DataError, ImageClassifierData, default_device
-from netfit.data import ArrayLoader
+from netfit.data import ArrayLoader, mean_std
 
 
 def arrays(n=100, d=4, c=10, seed=0):
@@ -135,3 +135,17 @@ def test_default_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     assert default_device() == torch.device("mps")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert default_device() == torch.device("cpu")
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (1000, 784), (40, 1, 28, 28)])
+def test_mean_std_matches_numpy_in_float64(shape):
+    x = np.random.default_rng(0).normal(3.0, 0.5, size=shape).astype(np.float32)
+    mean, std = mean_std(x, chunk_values=1000)  # several chunks for the larger shapes
+    assert mean == pytest.approx(x.mean(dtype=np.float64), rel=1e-12)
+    assert std == pytest.approx(x.std(dtype=np.float64), rel=1e-6)  # float32 centring before the square
+    assert mean_std(torch.from_numpy(x)) == pytest.approx((mean, std), rel=1e-9)
+
+
+def test_mean_std_of_empty_is_an_error():
+    with pytest.raises(DataError, match="empty"):
+        mean_std(np.zeros((0, 784), np.float32))

@@ -141,7 +141,7 @@ def train(args):
     import torch
     from torch import nn, optim
     from . import __version__, datasets, distributed
-    from .data import ImageClassifierData, default_device
+    from .data import ImageClassifierData, default_device, mean_std
     from .export import save
     from .fit import fit
     from .predict import predict
@@ -189,7 +189,7 @@ def train(args):
     start = time.perf_counter()
     (x, y), (x_valid, y_valid), (x_test, y_test) = datasets.load(args.data, args.data_path)
     classes = list(datasets.FASHION_CLASSES) if args.data == "fashion-mnist" else [str(i) for i in range(10)]
-    mean, std = float(x.mean()), float(x.std())  # training statistics, used for every split
+    mean, std = mean_std(x)  # training statistics, used for every split (no temporary as large as x)
     for a in (x, x_valid, x_test):  # in place: the normalised data is the only copy kept
         a -= mean
         a /= std

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ImageClassifierData, default_device
+from .data import ImageClassifierData, default_device, mean_std
 from .fit import fit
 from .predict import predict
 from .metrics import accuracy
@@ -283,7 +283,8 @@ def compare(models=None, data="fashion-mnist", valid=None, test=None, *, quick=F
 
     (x, y), (xv, yv) = splits["train"], splits["valid"]
     xt, yt = splits.get("test", (None, None))
-    mean, std = float(x.mean()), float(x.std()) or 1.0   # training statistics, applied to every split
+    mean, std = mean_std(x)
+    std = std or 1.0  # training statistics, applied to every split
     xn, xvn, xtn = ((a - mean) / std if a is not None else None for a in (x, xv, xt))
     records, probs, histories = [], {}, {}
     for i, name in enumerate(chosen):
