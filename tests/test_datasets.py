@@ -388,13 +388,17 @@ def test_get_data_verifies_and_leaves_nothing_on_a_mismatch(file_server, tmp_pat
     dest = tmp_path / "data" / "mnist.pkl.gz"
     with pytest.raises(datasets.DatasetError, match="MD5 of the file is .*, expected 0{32}"):
         datasets.get_data(url + "mnist.pkl.gz", dest, md5="0" * 32)
-    assert not dest.exists() and not list(dest.parent.glob("*.part"))
+    assert not dest.exists() and not dest.parent.exists()  # nor the folder it made for the file
     good = hashlib.md5(blob).hexdigest()
     assert datasets.get_data(url + "mnist.pkl.gz", dest, md5=good) == dest and dest.read_bytes() == blob
     other = tmp_path / "data" / "again.pkl.gz"  # sha256 as sha256sum prints it for the .gz file
     assert datasets.get_data(url + "mnist.pkl.gz", other, sha256=hashlib.sha256(blob).hexdigest()) == other
     with pytest.raises(datasets.DatasetError, match="HTTP 404"):
         datasets.get_data(url + "missing.pkl.gz", tmp_path / "data" / "other.pkl.gz")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["again.pkl.gz", "mnist.pkl.gz"]
+    with pytest.raises(datasets.DatasetError, match="HTTP 404"):
+        datasets.get_data(url + "missing.pkl.gz", tmp_path / "new" / "deeper" / "other.pkl.gz")
+    assert not (tmp_path / "new").exists()
     with pytest.raises(datasets.DatasetError, match="is a folder"):
         datasets.get_data(url + "mnist.pkl.gz", tmp_path / "data")
 

@@ -59,3 +59,24 @@ def test_fashion_mlp(fashion):
     # The lesson's recipe lands at 0.862-0.870 on Fashion-MNIST across seeds 0-3 (measured: 0.866,
     # 0.8702, 0.870, 0.8618), so the issue's 0.87 is a coin toss; 0.86 is what it reliably reaches.
     assert lesson_mlp(fashion[0], fashion[1]) >= 0.86
+
+
+def test_star_import_gives_the_lesson_cells_their_names(tmp_path):
+    """fastai 0.7's star imports gave the lesson's cells numpy, pickle, gzip, plt, Variable, get_data...:
+    `from netfit import *` does too, so the lesson's own load_mnist and show cells run as typed."""
+    (tmp_path / "mnist.pkl.gz").write_bytes(__import__("gzip").compress(__import__("pickle").dumps(
+        ((np.zeros((4, 784), np.float32), np.arange(4)),) * 3)))
+    ns = {"path": str(tmp_path) + "/", "FILENAME": "mnist.pkl.gz"}
+    exec("from netfit import *\n"
+         "def load_mnist(filename):\n"
+         "    return pickle.load(gzip.open(filename, 'rb'), encoding='latin-1')\n"
+         "((x, y), (x_valid, y_valid), _) = load_mnist(path + FILENAME)\n"
+         "def show(img, title=None):\n"
+         "    plt.imshow(img, cmap='gray')\n"
+         "    if title is not None: plt.title(title)\n"
+         "show(x[0].reshape((28, 28)), y[0])\n"
+         "t = Variable(torch.from_numpy(x[:2]))\n"
+         "side = int(math.sqrt(x.shape[1]))\n", ns)
+    assert ns["side"] == 28 and ns["t"].shape == (2, 784) and callable(ns["get_data"])
+    assert all(name in ns for name in ("np", "torch", "nn", "optim", "F", "Path", "os", "T", "V", "to_np"))
+    ns["plt"].close("all")

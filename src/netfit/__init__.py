@@ -21,6 +21,8 @@ from .callbacks import CSVLogger, EarlyStopping, GradientClip, SaveBest, TensorB
 from .learner import Learner
 from .schedule import LRFinderResult, Schedule, cosine, fit_one_cycle, lr_find, one_cycle, param_groups, step_decay
 from .seed import seed_everything
+from .datasets import get_data
+from .imports import F, Path, Variable, gzip, math, nn, np, optim, os, pickle, torch
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,9 @@ def __getattr__(name):
     if name == "NetClassifier":
         from .estimator import NetClassifier
         return NetClassifier
+    if name == "plt":  # the lesson's `plt`, for `from netfit import *`: pyplot is loaded on first use
+        from .imports import plt
+        return plt
     raise AttributeError(f"module 'netfit' has no attribute {name!r}")
 
 __all__ = ["datasets", "models", "scratch", "T", "V", "to_np", "ImageClassifierData", "ArrayLoader", "default_device", "fit", "predict",
@@ -40,6 +45,8 @@ __all__ = ["datasets", "models", "scratch", "T", "V", "to_np", "ImageClassifierD
            "lr_find", "LRFinderResult", "plot_lr_find", "Schedule", "one_cycle", "cosine", "step_decay",
            "fit_one_cycle", "param_groups", "EarlyStopping", "SaveBest", "GradientClip", "CSVLogger",
            "TensorBoard", "TorchScheduler", "Augment", "RandomShift", "predict_tta", "Learner", "seed_everything",
-           "__version__"]
+           "get_data", "__version__",
+           # what fastai 0.7's star imports gave the lesson's cells (netfit/imports.py)
+           "gzip", "math", "os", "pickle", "Path", "np", "torch", "F", "nn", "optim", "Variable", "plt"]
 if importlib.util.find_spec("sklearn") is not None:  # `from netfit import *` must work without it
     __all__.append("NetClassifier")

@@ -204,8 +204,10 @@ def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_0
     each read, so a transfer stops within `timeout` of it). Nothing lands at `dest` unless it verified,
     and concurrent downloaders each rename their own verified file, so `dest` is always whole.
     """
+    made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]  # innermost first
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    done = False
     try:
         start = time.monotonic()
         with os.fdopen(fd, "wb") as out, _OPENER.open(url, timeout=timeout) as resp:
@@ -233,10 +235,16 @@ def _download(url, dest, spec, timeout=30.0, deadline=600.0, max_bytes=200_000_0
             os.fsync(out.fileno())  # on disk before the rename, so a crash cannot leave a renamed stub
         arr = parse(_verified(Path(tmp).read_bytes(), spec, url), url)
         os.replace(tmp, dest)
+        done = True
         return arr
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        for d in made if not done else ():  # a failed download leaves no empty folders behind
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
 
 def _fetch(stem, spec, dest, mirrors, attempts, timeout, deadline):
