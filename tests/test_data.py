@@ -1,4 +1,6 @@
 """ArrayLoader and ImageClassifierData: order, coverage, shuffling, devices and input checks."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -100,7 +102,7 @@ def test_classes_names_and_count():
     (lambda x, y: ((x[:, 0], y), (x, y)), "expected \\(N, features\\)"),
     (lambda x, y: ((np.where(x > 0.5, np.nan, x), y), (x, y)), "NaN"),
     (lambda x, y: ((x, y), (x[:, :3], y)), "x_valid rows have shape"),
-    (lambda x, y: ((x, y.reshape(-1, 1)), (x, y)), "one label per row"),
+    (lambda x, y: ((x, np.stack([y, y], 1)), (x, y)), "one label per row"),
     (lambda x, y: ((x.astype(str), y), (x, y)), "numeric"),
     (lambda x, y: (x, (x, y)), "pair"),
 ])
@@ -149,3 +151,20 @@ def test_mean_std_matches_numpy_in_float64(shape):
 def test_mean_std_of_empty_is_an_error():
     with pytest.raises(DataError, match="empty"):
         mean_std(np.zeros((0, 784), np.float32))
+
+
+def test_labels_as_a_column_are_read_as_one_per_row():
+    x, y = arrays(40)  # scikit-learn and Keras take y of shape (N, 1) as well
+    md = ImageClassifierData.from_arrays(".", (x, y.reshape(-1, 1)), (x, y[:, None]), device="cpu")
+    assert md.trn_dl.y.shape == (40,) and md.val_dl.y.shape == (40,)
+
+
+@pytest.mark.parametrize("y, hint", [
+    (np.linspace(0, 1, 40), "for regression targets, build the loaders yourself"),
+    (np.array(["cat", "dog"] * 20), "np.unique(y, return_inverse=True)"),
+    (np.eye(2, dtype=np.int64)[np.arange(40) % 2], "use y.argmax(1)"),
+])
+def test_labels_that_are_not_class_indices_get_a_way_forward(y, hint):
+    x, _ = arrays(40)
+    with pytest.raises(DataError, match=re.escape(hint)):
+        ImageClassifierData.from_arrays(".", (x, y), (x, np.arange(40) % 2), device="cpu")

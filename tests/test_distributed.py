@@ -144,6 +144,27 @@ def test_predict_gathers_rows_in_original_order(launched):
         np.testing.assert_allclose(preds, expected, atol=1e-6)
 
 
+def test_every_rank_stops_when_one_cancels_and_reads_the_finished_checkpoint(launched):
+    _, ranks, _ = launched
+    assert [r["cancelled_epochs"] for r in ranks] == [1, 1]  # rank 1 used to wait in the next epoch's all-reduce
+    assert [r["ckpt_epoch_after_fit"] for r in ranks] == [3, 3]  # no rank reads it before rank 0 wrote it
+
+
+def test_lr_find_sweeps_once_for_all_ranks(launched):
+    _, ranks, _ = launched
+    a, b = ranks[0]["lr_find"], ranks[1]["lr_find"]
+    np.testing.assert_array_equal(a["losses"], b["losses"])  # the mean over ranks: one sweep, one suggestion
+    assert a["suggestion"] == b["suggestion"]
+    assert 3 < len(a["losses"]) <= 40
+
+
+def test_predict_of_fewer_rows_than_ranks(launched):
+    _, ranks, _ = launched
+    assert ranks[0]["preds_one_row"].shape == (1, 3)
+    np.testing.assert_array_equal(ranks[0]["preds_one_row"], ranks[1]["preds_one_row"])
+    np.testing.assert_allclose(ranks[0]["preds_one_row"], ranks[0]["preds"][:1], atol=1e-6)  # batch 1 vs 31: rounding
+
+
 def test_checkpoints_cross_between_one_and_two_processes(launched):
     tmp, (r0, _), _ = launched
     # two processes -> one: the plain model's keys (no DDP `module.` prefix), and training goes on

@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
-from netfit import NetClassifier
+from netfit import DataError, NetClassifier
 
 
 def blobs(n=300, centers=3, seed=0):
@@ -98,6 +98,25 @@ def test_random_state_reproducible_and_leaves_global_rng():
     assert torch.equal(torch.get_rng_state(), state)
     p2 = quick(random_state=7).fit(x, y).predict_proba(x)
     np.testing.assert_array_equal(p1, p2)
+
+
+def test_random_state_none_starts_each_fit_afresh_as_scikit_learn_does():
+    x, y = blobs()  # a VotingClassifier of three NetClassifier() used to hold three identical nets
+    a, b = quick(random_state=None).fit(x, y), quick(random_state=None).fit(x, y)
+    assert not np.array_equal(a.predict_proba(x), b.predict_proba(x))
+    np.random.seed(5)  # None draws from numpy's global RNG: seeding it repeats the series
+    c = quick(random_state=None).fit(x, y).predict_proba(x)
+    np.random.seed(5)
+    np.testing.assert_array_equal(quick(random_state=None).fit(x, y).predict_proba(x), c)
+
+
+def test_a_device_that_is_not_here_is_named():
+    x, y = blobs()
+    with pytest.raises(DataError, match="'gpu' is not a torch device"):
+        quick(device="gpu").fit(x, y)
+    if not torch.cuda.is_available():
+        with pytest.raises(DataError, match="no CUDA GPU"):
+            quick(device="cuda").fit(x, y)
 
 
 def test_errors_name_the_problem():

@@ -147,6 +147,16 @@ def test_accuracy_reads_a_column_of_targets_as_a_vector():
     assert accuracy(np.array([0.0, 1.0, 2.0]), np.array([0, 1, 1])) == pytest.approx(2 / 3)  # float labels are fine
 
 
+def test_accuracy_of_one_column_is_binary_and_names_are_refused():
+    probs, logits, t = np.array([[0.2], [0.7], [0.9]]), np.array([[-2.0], [0.3], [1.5]]), np.array([0, 1, 0])
+    assert accuracy(probs, t) == pytest.approx(2 / 3)      # class 1 above 0.5, as Keras reads a sigmoid
+    assert accuracy(logits, t) == pytest.approx(2 / 3)     # a logit: class 1 above 0
+    assert accuracy(torch.tensor(probs), torch.tensor(t)).item() == pytest.approx(2 / 3)
+    assert accuracy(torch.tensor(logits), torch.tensor(t)).item() == pytest.approx(2 / 3)
+    with pytest.raises(DataError, match="np.unique"):     # used to return 0.0
+        accuracy(np.eye(2)[[0, 1]], np.array(["cat", "dog"]))
+
+
 def test_the_lessons_hand_written_loop_gets_len_of_an_iterator():
     md = md_of()
     dl = iter(md.trn_dl)
@@ -441,3 +451,40 @@ def test_per_pixel_normalisation_gets_no_scale_warning():
     xs[0, 0] = 50.0  # a far-out value, as pixels that barely vary give
     messages, _ = warned(lambda: md_of(x=xs, xv=xs[:100]))
     assert messages == []
+
+
+def regression_loaders(y):
+    from netfit import ArrayLoader
+    x = torch.as_tensor(XN[:64])
+    return ArrayLoader(x, y, bs=16, shuffle=True), ArrayLoader(x, y, bs=16)
+
+
+@pytest.mark.parametrize("y, crit, match", [
+    (torch.rand(64), nn.MSELoss(), r"\(1,\) per row and the training data targets are \(\) per row.*reshape\(len\(y\), 1\)"),
+    (torch.rand(64, 1).long(), nn.MSELoss(), "needs float targets"),
+    (torch.arange(64) % 2, nn.BCEWithLogitsLoss(), r"\(\) per row"),
+    (torch.ones(64, 1, dtype=torch.long), nn.BCEWithLogitsLoss(), "float targets.*CrossEntropyLoss"),
+])
+def test_elementwise_losses_need_targets_of_the_outputs_shape(y, crit, match):
+    # torch only warns for (N, 1) outputs against (N,) targets, and broadcasts to an (N, N) loss
+    net = nn.Linear(784, 1)
+    with pytest.raises(DataError, match=match):
+        fit(net, regression_loaders(y), 1, optim.SGD(net.parameters(), 0.1), crit, verbose=False)
+    fit(net, regression_loaders(torch.rand(64, 1)), 1, optim.SGD(net.parameters(), 0.1), crit, verbose=False)
+
+
+def test_channels_last_images_get_a_layout_hint_and_the_default_loss_checks_shapes_too():
+    x = np.random.default_rng(0).random((40, 8, 8, 1), dtype=np.float32)
+    md = ImageClassifierData.from_arrays("d", (x, Y[:40]), (x, Y[:40]), device="cpu")
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 10))
+    for crit in (None, nn.CrossEntropyLoss()):  # crit=None: the default-loss probe used to fail in torch
+        with pytest.raises(DataError, match=r"channels-last.*transpose\(0, 3, 1, 2\)"):
+            fit(net, md, 1, crit=crit, verbose=False)
+
+
+def test_a_shape_error_deep_in_the_model_names_the_layer_that_failed():
+    x = np.random.default_rng(0).random((40, 1, 8, 12), dtype=np.float32)  # not the square images it was built for
+    md = ImageClassifierData.from_arrays("d", (x, Y[:40]), (x, Y[:40]), device="cpu")
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    with pytest.raises(DataError, match=r"got through to Linear\(in_features=256.*input of shape \(\d, 384\)"):
+        fit(net, md, 1, verbose=False)

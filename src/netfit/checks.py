@@ -89,6 +89,7 @@ def _check_data(model, crit, loaders):
             _check_outputs(model, crit, out if len(x) < 2 else _forward_one(model, x[:8], f"the {name}"))
             _check_last_batch(model, dl, x)
         _check_labels(crit, out, y, f"the {name}", "one row")
+        _check_targets(crit, out, y[:1] if isinstance(y, torch.Tensor) else y, f"the {name}")
 
 
 def _check_first_batch(model, crit, preds, yb):
@@ -98,6 +99,7 @@ def _check_first_batch(model, crit, preds, yb):
     _check_model_output(crit, preds)
     _check_outputs(model, crit, preds.detach() if isinstance(preds, torch.Tensor) else preds)
     _check_labels(crit, preds, yb, "the training data", "its first batch")
+    _check_targets(crit, preds, yb, "the training data")
 
 
 def _check_model_output(crit, out):
@@ -123,6 +125,31 @@ def _check_labels(crit, out, y, what, rows):
     if len(labels) and (labels.min().item() < 0 or labels.max().item() >= out.shape[1]):
         raise DataError(f"{what} labels must be class indices in [0, {out.shape[1]}) for a model with "
                         f"{out.shape[1]} outputs; got min {labels.min().item()}, max {labels.max().item()}")
+
+
+_ELEMENTWISE = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss, nn.BCEWithLogitsLoss)
+_ELEMENTWISE_F = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, F.binary_cross_entropy,
+                  F.binary_cross_entropy_with_logits)
+
+
+def _check_targets(crit, out, y, what):
+    """For losses that compare outputs and targets value by value (MSE, L1, BCE...): DataError unless
+    the targets have the outputs' shape per row and a float dtype. torch only warns about another shape
+    and broadcasts, e.g. (N, 1) outputs against (N,) targets to an (N, N) loss that trains wrongly."""
+    if not (isinstance(crit, _ELEMENTWISE) or crit in _ELEMENTWISE_F) or not isinstance(out, torch.Tensor) \
+            or not isinstance(y, torch.Tensor):
+        return
+    name = type(crit).__name__ if isinstance(crit, nn.Module) else f"F.{crit.__name__}"
+    if tuple(y.shape[1:]) != tuple(out.shape[1:]):
+        fix = (f"y.reshape(len(y), {', '.join(map(str, out.shape[1:]))})" if out.shape[1:].numel() == y.shape[1:].numel()
+               else "one target per output")
+        raise DataError(f"{name} compares outputs and targets value by value, but the model gives "
+                        f"{tuple(out.shape[1:])} per row and {what} targets are {tuple(y.shape[1:])} per row "
+                        f"(torch would broadcast them and train on the wrong loss); use {fix}")
+    if not y.is_floating_point():
+        hint = ("; for class labels use nn.CrossEntropyLoss() on (N, C) outputs" if "BCE" in name
+                or "binary" in name else "")
+        raise DataError(f"{name} needs float targets; {what} targets are {str(y.dtype)[6:]} (use y.float()){hint}")
 
 
 def _class_loss(crit):
@@ -194,17 +221,23 @@ def _forward_one(model, xb, what):
     shapes when the model cannot take `xb`."""
     was_training = model.training
     model.eval()
+    entered = []  # the layers the batch reached, with their inputs' shapes: the last one failed
+    hooks = [m.register_forward_pre_hook(lambda m, inp: entered.append((m, inp)))
+             for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             return model(xb)
     except RuntimeError as e:
-        raise _shape_error(model, xb, e, what) from e
+        raise _shape_error(model, xb, e, what, entered[-1] if entered else None) from e
     finally:
+        for h in hooks:
+            h.remove()
         model.train(was_training)
 
 
-def _shape_error(model, xb, e, what):
-    """The DataError for a first forward pass that failed on `xb` (out of memory is re-raised as is)."""
+def _shape_error(model, xb, e, what, last=None):
+    """The DataError for a first forward pass that failed on `xb` (out of memory is re-raised as is);
+    `last`: (layer, inputs) of the last layer the batch reached."""
     if isinstance(e, torch.OutOfMemoryError):
         raise e
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
@@ -215,6 +248,13 @@ def _shape_error(model, xb, e, what):
     first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
     expects = (f"; its first layer {first} takes {first.in_features} features" if isinstance(first, nn.Linear)
                else f"; its first layer {first} takes {first.in_channels} channels" if first is not None else "")
+    layer, inputs = last if last is not None else (None, ())
+    got = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+    if layer is not None and layer is not first and got is not None:  # the data got in; a later layer failed
+        expects = f"; the batch got through to {layer}, which failed on its input of shape {tuple(got.shape)}"
+    elif isinstance(first, nn.Conv2d) and xb.ndim == 4 and xb.shape[-1] == first.in_channels != xb.shape[1]:
+        expects += (f"; the images look channels-last (N, H, W, C): put channels first with "
+                    "x.transpose(0, 3, 1, 2) (numpy) or x.permute(0, 3, 1, 2) (torch)")
     return DataError(f"{what} rows have shape {tuple(xb.shape[1:])}, which the model cannot take{expects} "
                      f"({str(e).splitlines()[0][:200]})")
 
@@ -245,11 +285,7 @@ def _default_crit(model, trn_dl):
         return nn.NLLLoss()
     x = getattr(trn_dl, "x", None)
     if isinstance(x, torch.Tensor) and len(x):
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            out = model(x[:2])
-        model.train(was_training)
+        out = _forward_one(model, x[:2], "the training data")
         if isinstance(out, torch.Tensor) and out.ndim == 2 and torch.allclose(out.float().logsumexp(1), torch.zeros((), device=out.device), atol=1e-4):
             return nn.NLLLoss()
     return nn.CrossEntropyLoss()

@@ -226,7 +226,8 @@ def train(args):
         (out / "args.json").write_text(json.dumps({k: getattr(args, k) for k in _RUN_OPTIONS}, indent=2))
     history = fit(net, md, args.epochs, opt, nn.NLLLoss(), [accuracy], callbacks, verbose=not args.quiet,
                   checkpoint=out / "ckpt", checkpoint_every=args.checkpoint_every, resume=args.resume,
-                  schedule=schedule, amp=args.amp, accumulate=args.accumulate)
+                  schedule=schedule, amp=args.amp, accumulate=args.accumulate,
+                  seed=args.seed)  # the shuffling too: 2 processes of --bs b order rows as 1 process of 2b
     train_seconds = sum(history["time"])
     val_preds = predict(net, md.val_dl)  # under torchrun: each rank a share, gathered in order on all
     test_acc = accuracy(predict(net, md.test_dl), y_test)

@@ -102,16 +102,21 @@ def as_tensors(x, y=None, name="x", n_classes=None):
             y = np.asarray(y)
         except Exception as e:
             raise DataError(f"{yname} could not be read as an array (expected one label per row): {e}") from None
-        if y.dtype.kind == "f" or y.dtype.kind not in "biu":
-            raise DataError(f"{yname} must hold integer class labels; got {_describe(y)}"
-                            + (" (use y.astype('int64'))" if y.dtype.kind == "f" else ""))
+        if y.dtype.kind not in "biu":
+            raise DataError(f"{yname} must hold integer class labels; got {_describe(y)}" + _label_hint(y, yname))
         y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
     else:
         if y.is_floating_point() or y.is_complex():
-            raise DataError(f"{yname} must hold integer class labels; got {_describe(y)} (use y.long())")
+            raise DataError(f"{yname} must hold integer class labels; got {_describe(y)}"
+                            + _label_hint(y.detach().cpu().numpy() if not y.is_complex() else np.zeros(0), yname,
+                                          f"{yname}.long()"))
         y = y.long()
+    if y.ndim == 2 and y.shape[1] == 1:  # a column of labels, as scikit-learn and Keras take it
+        y = y[:, 0]
     if y.ndim != 1:
-        raise DataError(f"{yname} has shape {tuple(y.shape)}; expected one label per row, shape ({len(x)},)")
+        onehot = y.ndim == 2 and bool(((y == 0) | (y == 1)).all()) and bool((y.sum(1) == 1).all())
+        raise DataError(f"{yname} has shape {tuple(y.shape)}; expected one label per row, shape ({len(x)},)"
+                        + (f"; these look one-hot: use {yname}.argmax(1)" if onehot else ""))
     if len(y) != len(x):
         raise DataError(f"{name} has {len(x)} rows but {yname} has {len(y)} labels; expected the same number")
     lo, hi = y.min().item(), y.max().item()
@@ -119,6 +124,21 @@ def as_tensors(x, y=None, name="x", n_classes=None):
         rng = f"in [0, {n_classes})" if n_classes is not None else "0 or more"
         raise DataError(f"{yname} must be class labels {rng}; got min {lo}, max {hi}")
     return x, y
+
+
+def _label_hint(y, yname, convert=None):
+    """How to turn `y` (a numpy array that is not integer labels) into labels, or where regression goes."""
+    if y.dtype.kind == "f" and y.size and np.isfinite(y).all() and (y == np.round(y)).all():
+        return f" (whole numbers: use {convert or yname + '.astype(' + repr('int64') + ')'})"
+    if y.dtype.kind == "f":
+        return (f"; from_arrays is for classification: for regression targets, build the loaders yourself, "
+                f"trn_dl = ArrayLoader(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor({yname}, "
+                "dtype=torch.float32).reshape(len(x), -1), bs=64, shuffle=True), the same for validation without "
+                "shuffle, then fit(net, (trn_dl, val_dl), ..., crit=nn.MSELoss())")
+    if y.dtype.kind in "USO":
+        return (f"; turn names into class indices first: classes, {yname} = np.unique({yname}, return_inverse=True) "
+                "(and map x_valid's labels with the same classes)")
+    return ""
 
 
 def mean_std(x, chunk_values=1 << 20):
@@ -428,12 +448,20 @@ class ImageClassifierData:
 
 
 def _device(device):
-    """torch.device(device), or a DataError naming the usual spellings."""
+    """torch.device(device), or a DataError naming the usual spellings, or saying that it is not here."""
     try:
-        return torch.device(device)
+        d = torch.device(device)
     except (RuntimeError, TypeError):
         raise DataError(f"device {device!r} is not a torch device; expected 'cpu', 'cuda', 'cuda:1', 'mps' or "
                         "default_device()") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device {device!r}: this machine's PyTorch sees no CUDA GPU (torch.cuda.is_available() is "
+                        "False); use device=default_device(), which picks the CPU here")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise DataError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA GPUs here, numbered from 0")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise DataError(f"device {device!r}: Apple's MPS is not available here; use device=default_device()")
+    return d
 
 
 def _warn_scale(x, xv):

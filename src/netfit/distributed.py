@@ -50,10 +50,10 @@ def world():
 
 
 def rank():
-    """This process's rank (0 without a launcher)."""
+    """This process's rank (0 without a launcher, or with a RANK but no WORLD_SIZE above 1)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ.get("RANK", "0")) if world() > 1 else 0
 
 
 def is_main():

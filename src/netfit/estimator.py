@@ -14,11 +14,12 @@ import math
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from .data import ArrayLoader, as_tensors, default_device
+from .data import ArrayLoader, _device, as_tensors, default_device
 from .fit import fit
 from .predict import predict
 from .models import MODELS
@@ -52,7 +53,8 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         epochs, bs, lr: passes over the data, batch size, learning rate.
         device: where to train ("cpu", "cuda"...); default `netfit.default_device()`.
         verbose: print fit's per-epoch table.
-        random_state: seeds the weights and the shuffling; the global torch RNG is restored after.
+        random_state: seeds the weights and the shuffling (int or RandomState); None draws a fresh seed
+            from numpy's global RNG each fit, as scikit-learn does. The global torch RNG is left as it was.
         module_kwargs: extra keyword arguments for a module name or callable (e.g. `{"hidden": (50,)}`).
 
     Attributes after fit: `classes_` (the original labels, sorted), `n_features_in_`, `module_` (the
@@ -93,13 +95,13 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         X = np.require(X, np.float32, ["C", "W"])  # torch needs writable memory (X may be a read-only memmap)
         classes, y_idx = np.unique(y, return_inverse=True)  # labels -> indices 0..C-1; classes_ maps back
         self._check_params()
-        device = torch.device(self.device) if self.device is not None else default_device()
-        with torch.random.fork_rng(devices=[]):  # seed weights and shuffling; leave the caller's RNG alone
-            if self.random_state is not None:  # an int, or a numpy RandomState as scikit-learn allows
-                from sklearn.utils import check_random_state
-                seed = (int(self.random_state) if isinstance(self.random_state, (int, np.integer))
-                        else int(check_random_state(self.random_state).randint(2 ** 31 - 1)))
-                torch.manual_seed(seed)
+        device = _device(self.device) if self.device is not None else default_device()
+        # as scikit-learn: an int or a RandomState seeds the fit; None draws a seed from numpy's global RNG,
+        # so every fit starts afresh (np.random.seed makes a series of fits repeatable)
+        seed = (int(self.random_state) if isinstance(self.random_state, (int, np.integer))
+                else int(check_random_state(self.random_state).randint(2 ** 31 - 1)))
+        with torch.random.fork_rng(devices=[]):  # seed weights and shuffling; leave the caller's torch RNG alone
+            torch.manual_seed(seed)
             module = self._build(X.shape[1], len(classes)).to(device)
             crit = self._crit(module)
             outputs = self._outputs_kind(module, crit)

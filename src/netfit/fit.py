@@ -314,6 +314,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                         handler(run)
                     except CancelFit:  # the epoch was trained: record it, then stop
                         cancelled = True
+                if world > 1:  # a CancelFit on one rank stops them all: the others would wait in its all-reduces
+                    cancelled = dist_all_reduce_sum(torch.tensor([float(cancelled)], device=device)).item() > 0
                 history.append(run.record)
                 progress.write(_table_row(run.record, keys))
                 if checkpoint is not None:
@@ -332,6 +334,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         progress.close()
         if deterministic and not was_deterministic:
             torch.use_deterministic_algorithms(False)
+    if world > 1:  # the files rank 0 wrote (checkpoint, SaveBest...) are complete before any rank reads them
+        dist_barrier()
     return history
 
 
@@ -517,18 +521,23 @@ def _finite(run, losses):
     loss = run.loss.detach()
     # on the CPU one float read is the cheapest test; on a GPU it stays on the device until needed
     finite = math.isfinite(loss.item()) if loss.numel() == 1 and loss.device.type == "cpu" else torch.isfinite(loss).all()
+    ranks = ""
     if run.world > 1:  # every rank must skip or stop alike, else the others wait in the next all-reduce
-        finite = dist_all_reduce_sum(torch.tensor(float(not finite), device=run.device)) == 0
+        bad = torch.zeros(run.world, device=run.device)
+        bad[run.rank] = float(not finite)
+        ranks = [r for r, b in enumerate(dist_all_reduce_sum(bad).tolist()) if b]
+        finite, ranks = not ranks, f" on rank {', '.join(map(str, ranks))}"
     if finite:
         return True
-    where = f"epoch {run.epoch}, batch {run.batch} (optimizer step {run.step})"
+    where = f"epoch {run.epoch}, batch {run.batch} (optimizer step {run.step}){ranks}"
     if run.device.type != "cpu" and run.on_nan == "raise":
-        where = f"epoch {run.epoch}, within the 32 batches up to batch {run.batch}"
+        where = f"epoch {run.epoch}, within the 32 batches up to batch {run.batch}{ranks}"
+    value = run.loss.item()
+    value = value if not math.isfinite(value) or not ranks else "NaN or inf"  # this rank's own loss may be fine
     if run.on_nan == "warn":
-        warnings.warn(f"non-finite training loss {run.loss.item()} at {where}; skipped that step",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(f"non-finite training loss {value} at {where}; skipped that step", RuntimeWarning, stacklevel=3)
         return False
-    raise _non_finite_error(run, run.loss.item(), where)
+    raise _non_finite_error(run, value, where)
 
 
 def _non_finite_error(run, value, where):

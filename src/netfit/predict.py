@@ -57,6 +57,10 @@ def _outputs(model, dl):
                     raise _shape_error(model, xb, e, "the input") from e
                 if yb is not None:
                     targs.append(yb)
+            if sharded and not preds:  # fewer rows than ranks: an empty share, shaped as the others for the gather
+                preds.append(model(dl.x[:1].to(device))[:0])
+                if dl.y is not None:
+                    targs.append(dl.y[:0].to(device))
     finally:
         model.train(was_training)
     if not preds and not sharded:

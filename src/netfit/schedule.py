@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .checkpoint import rng_state, set_rng_state
+from .distributed import all_reduce_sum, rank, world
 from .fit import CancelFit, Callback, _loaders, _model_device, fit, set_lrs
 
 __all__ = ["Schedule", "one_cycle", "cosine", "step_decay", "fit_one_cycle", "lr_find", "LRFinderResult",
@@ -272,7 +273,10 @@ class _Sweep(Callback):
         set_lrs(run.opt, float(self.rates[i]))
 
     def after_loss(self, run):
-        loss = run.loss.item()  # one host read per step: the stop test needs it at once
+        loss = run.loss.detach().float()
+        if run.world > 1:  # under torchrun: the mean over ranks, so every rank sees one sweep and stops alike
+            loss = all_reduce_sum(loss.clone()) / run.world
+        loss = loss.item()  # one host read per step: the stop test needs it at once
         i = len(self.losses)
         self.lrs.append(float(self.rates[i]))
         self.losses.append(loss)
@@ -346,7 +350,7 @@ def lr_find(model, data, crit=None, opt=None, start_lr=1e-7, end_lr=10, num_it=2
     saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
     saved_opt, saved_rng, was_training = copy.deepcopy(opt.state_dict()), rng_state(), model.training
     sweep = _Sweep(start_lr, end_lr, num_it, beta, stop_div)
-    per_epoch = len(trn_dl)
+    per_epoch = trn_dl.n_batches(rank(), world()) if hasattr(trn_dl, "n_batches") else len(trn_dl)  # this rank's
     try:
         fit(model, (trn_dl, None), math.ceil(num_it / per_epoch), opt, crit, None,
             list(callbacks or []) + [sweep], verbose=False, amp=amp)

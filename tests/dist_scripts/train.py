@@ -5,8 +5,8 @@
 Each rank writes `OUT/rank{r}.pt`: its weights, optimizer state, History, predictions and the
 world it ran in. `--kill-at-step N --marker F` makes rank 1 SIGKILL itself after optimizer step N
 the first time (when F does not exist yet), to test torchrun's restarts. `--extras` adds a BatchNorm
-model, predictions of a bare array, and `--resume-from CKPT`: a resumed run from a checkpoint that a
-single process wrote, and a run with `accumulate=3`. The data and models are tiny so that a launch costs little more than
+model, predictions of a bare array and of one row, `--resume-from CKPT`: a resumed run from a checkpoint
+that a single process wrote, a run with `accumulate=3`, and one that rank 0 alone cancels. The data and models are tiny so that a launch costs little more than
 starting Python twice.
 """
 import argparse
@@ -55,6 +55,15 @@ class KillRank1:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class CancelOnRank0:
+    """CancelFit after the first epoch on rank 0 only: every rank must stop there (not wait for rank 0)."""
+
+    def after_epoch(self, run):
+        from netfit import CancelFit
+        if run.rank == 0:
+            raise CancelFit()
+
+
 def main():
     from netfit import accuracy, distributed, fit, predict, predict_with_targs
     p = argparse.ArgumentParser()
@@ -75,8 +84,9 @@ def main():
     h = fit(net, md, args.epochs, make_opt(net), nn.NLLLoss(), [accuracy], callbacks, verbose=False,
             checkpoint=args.ckpt, checkpoint_every=args.checkpoint_every, resume=True)
     r = distributed.rank()
+    from netfit.checkpoint import load_checkpoint
     result = {"world": distributed.world(), "rank": r, "weights": net.state_dict(), "history": h.records,
-              "info": h.info}
+              "info": h.info, "ckpt_epoch_after_fit": load_checkpoint(args.ckpt)["epoch"]}  # read at once, any rank
     if args.extras:
         result["preds"] = predict(net, md.val_dl)  # gathered from both ranks, in validation order
         result["preds_targs"] = predict_with_targs(net, md.val_dl)
@@ -92,6 +102,13 @@ def main():
                  checkpoint=args.resume_from, resume=True)
         result["resumed_weights"], result["resumed_history"] = resumed.state_dict(), hr.records
         result["resumed_info"] = hr.info
+        cancel = make_model()
+        hc = fit(cancel, md, 3, make_opt(cancel), nn.NLLLoss(), callbacks=[CancelOnRank0()], verbose=False)
+        result["cancelled_epochs"] = len(hc.records)
+        result["preds_one_row"] = predict(net, md.val_dl.x[:1].numpy())  # rank 1's share is empty
+        from netfit import lr_find
+        sweep = lr_find(make_model(), md, nn.NLLLoss(), num_it=40, end_lr=100)
+        result["lr_find"] = {"losses": sweep.losses, "suggestion": sweep.suggestion}
     torch.save(result, os.path.join(args.out, f"rank{r}.pt"))
 
 
