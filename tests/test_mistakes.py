@@ -488,3 +488,21 @@ def test_a_shape_error_deep_in_the_model_names_the_layer_that_failed():
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
     with pytest.raises(DataError, match=r"got through to Linear\(in_features=256.*input of shape \(\d, 384\)"):
         fit(net, md, 1, verbose=False)
+
+
+def test_export_of_a_tabular_model_with_per_feature_statistics(tmp_path):
+    from netfit import load
+    from netfit.export import ExportError
+    from netfit.models import mlp
+    raw = np.random.default_rng(1).normal(50, 20, size=(40, 30))   # tabular features, far from [0, 1]
+    m, s = raw.mean(0), raw.std(0)
+    torch.manual_seed(0)
+    net = mlp(n_in=30, n_out=2)
+    meta = save(net, tmp_path / "t", arch="mlp", arch_kwargs={"n_in": 30, "n_out": 2}, mean=m, std=s)
+    assert meta["input_shape"] == [30] and meta["pixels"] is False      # shape read from the first Linear
+    want = net(torch.as_tensor((raw - m) / s, dtype=torch.float32)).argmax(1).numpy()
+    np.testing.assert_array_equal(load(tmp_path / "t").predict(raw), want)  # raw rows, normalised per feature
+    with pytest.raises(ExportError, match=r"cannot take rows of input_shape=\(784,\)"):
+        save(net, tmp_path / "u", input_shape=(784,), mean=0, std=1)       # used to save, then fail at predict
+    with pytest.raises(ExportError, match="one per feature"):
+        save(net, tmp_path / "v", mean=m[:5], std=s[:5])

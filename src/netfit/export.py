@@ -30,12 +30,19 @@ def _sha256(path):
     return h.hexdigest()
 
 
-def save(model, folder, arch=None, arch_kwargs=None, classes=None, input_shape=(784,), mean=None, std=None):
+def save(model, folder, arch=None, arch_kwargs=None, classes=None, input_shape=None, mean=None, std=None,
+         pixels=None):
     """Write `model.safetensors` and `model.json` into `folder`; returns the JSON's dict.
 
     Args:
         arch: a name in `netfit.models.MODELS` so `load` can rebuild the net (else only its repr is kept).
-        classes: class names in label order. mean, std: the normalisation applied to raw inputs.
+        classes: class names in label order.
+        input_shape: one row's shape; default: the first Linear layer's in_features, else (784,). One
+            forward pass of zeros checks that the model takes it.
+        mean, std: the normalisation applied to raw inputs: numbers (the training pixels' mean and
+            std), or one per feature (tabular data, e.g. `x.mean(0)`, `x.std(0)`).
+        pixels: whether raw inputs are image pixels (then the predictor divides uint8 by 255 and
+            refuses floats outside [0, 1]); default: True unless mean/std are per feature.
 
     Example:
         >>> import tempfile; from netfit.models import logreg
@@ -50,6 +57,10 @@ def save(model, folder, arch=None, arch_kwargs=None, classes=None, input_shape=(
         _warn(f"saving {folder} without mean= and std=: netfit.load(...).predict will feed inputs to the model as "
               "given. Pass the training statistics (mean=x.mean(), std=x.std() of the raw [0, 1] training pixels) "
               "to have raw pixels normalised, or mean=0, std=1 if the model was trained on [0, 1] pixels as they are")
+    input_shape = tuple(int(d) for d in (input_shape if input_shape is not None else _input_shape(model)))
+    _check_takes(model, input_shape, folder)
+    mean, std = (_stat(v, name, input_shape) for v, name in ((mean, "mean"), (std, "std")))
+    pixels = bool(pixels) if pixels is not None else not isinstance(mean, list) and not isinstance(std, list)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -59,8 +70,7 @@ def save(model, folder, arch=None, arch_kwargs=None, classes=None, input_shape=(
     meta = {
         "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "repr": repr(model),
         "classes": [str(c) for c in classes] if classes is not None else None,
-        "input_shape": list(input_shape),
-        "mean": None if mean is None else float(mean), "std": None if std is None else float(std),
+        "input_shape": list(input_shape), "mean": mean, "std": std, "pixels": pixels,
         "netfit_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
         "weights_sha256": _sha256(folder / WEIGHTS),
     }
@@ -68,9 +78,51 @@ def save(model, folder, arch=None, arch_kwargs=None, classes=None, input_shape=(
     return meta
 
 
+def _input_shape(model):
+    """One row's shape as the model says: (in_features,) when its first layer is a Linear, (side²,) for
+    netfit's cnn(side=...), else (784,)."""
+    from .models import _Image
+    first = next((m for m in model.modules() if not list(m.children()) and list(m.parameters(recurse=False))), None)
+    if isinstance(first, torch.nn.Linear):
+        return (first.in_features,)
+    image = next((m for m in model.modules() if isinstance(m, _Image)), None)
+    return (image.side * image.side,) if image is not None else (784,)
+
+
+def _check_takes(model, input_shape, folder):
+    """ExportError unless `model` takes rows of `input_shape` (one forward pass of zeros, in eval mode)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            model(torch.zeros((2, *input_shape), device=device))
+    except RuntimeError as e:
+        raise ExportError(f"saving {folder}: the model cannot take rows of input_shape={input_shape} "
+                          f"({str(e).splitlines()[0][:200]}); pass the shape of one training row, e.g. "
+                          "input_shape=x.shape[1:]") from None
+    finally:
+        model.train(was_training)
+
+
+def _stat(v, name, input_shape):
+    """mean or std for model.json: None, a float, or a list of one float per feature."""
+    if v is None:
+        return None
+    a = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
+    if a.size == 1:
+        return float(a.reshape(()))
+    n = int(np.prod(input_shape))
+    if a.size != n:
+        raise ExportError(f"{name} holds {a.size} values; expected one number, or one per feature ({n} for "
+                          f"input_shape={input_shape})")
+    return a.reshape(-1).tolist()
+
+
 class Predictor:
-    """A model rebuilt from an export, with its normalisation: give it raw pixels in [0, 1] (uint8 images
-    are divided by 255)."""
+    """A model rebuilt from an export, with its normalisation. For an image model give it raw pixels
+    in [0, 1] (uint8 images are divided by 255); for tabular data (per-feature mean and std, or
+    `pixels=False` at export) the raw feature values."""
 
     def __init__(self, model, meta):
         self.model, self.meta = model.eval(), meta
@@ -78,12 +130,15 @@ class Predictor:
 
     def _prepare(self, x):
         a = np.asarray(x)
+        pixels = self.meta.get("pixels", True)  # exports before the flag were all of images
         if a.dtype.kind not in "biuf":
-            raise ExportError(f"inputs must be numbers (pixels in [0, 1]); got dtype {a.dtype}")
-        x = torch.as_tensor(a.astype(np.float32) / 255 if a.dtype == np.uint8 else a.astype(np.float32, copy=False))
+            raise ExportError(f"inputs must be numbers{' (pixels in [0, 1])' if pixels else ''}; got dtype {a.dtype}")
+        x = torch.as_tensor(a.astype(np.float32) / 255 if a.dtype == np.uint8 and pixels
+                            else a.astype(np.float32, copy=False))
         if not torch.isfinite(x).all():
-            raise ExportError(f"inputs hold {int((~torch.isfinite(x)).sum())} NaN or infinite values; expected pixels in [0, 1]")
-        if self.meta.get("mean") is not None and len(x) and (x.min() < -0.01 or x.max() > 1.01):
+            raise ExportError(f"inputs hold {int((~torch.isfinite(x)).sum())} NaN or infinite values; expected "
+                              + ("pixels in [0, 1]" if pixels else "finite numbers"))
+        if pixels and self.meta.get("mean") is not None and len(x) and (x.min() < -0.01 or x.max() > 1.01):
             raise ExportError(f"inputs range from {x.min().item():g} to {x.max().item():g}; expected raw pixels in "
                               "[0, 1] (divide 0..255 pixels by 255; the model normalises them with its own mean "
                               "and std)")
@@ -94,8 +149,8 @@ class Predictor:
         if x.shape[1] != n_in:
             raise ExportError(f"the model expects {n_in} features per row; got {x.shape[1]}")
         if self.meta.get("mean") is not None:
-            x = (x - self.meta["mean"]) / self.meta["std"]
-        return x
+            x = (x - torch.as_tensor(self.meta["mean"])) / torch.as_tensor(self.meta["std"])  # numbers or per feature
+        return x.float()
 
     def predict_proba(self, x):
         """Class probabilities (N, C) for raw inputs (N, 784) or (N, 28, 28) in [0, 1]."""
