@@ -80,7 +80,8 @@ def as_tensors(x, y=None, name="x", n_classes=None):
             raise DataError(f"{name} could not be read as an array (expected rows of equal length): {e}") from None
         if x.dtype.kind not in "biuf":
             raise DataError(f"{name} must be numeric; got dtype {x.dtype}")
-        x = torch.from_numpy(np.require(x, np.float32, "C"))  # keeps a 0-d array 0-d, for the message
+        # a read-only array (a memmap opened "r") is copied: torch tensors over it would be writable
+        x = torch.from_numpy(np.require(x, np.float32, ["C", "W"]))  # keeps a 0-d array 0-d, for the message
     elif x.is_complex():
         raise DataError(f"{name} must be real numbers; got a {x.dtype} tensor")
     elif not x.is_floating_point():

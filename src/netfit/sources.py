@@ -36,6 +36,10 @@ def read_csv(path, label="label", pixel_scale=255.0):
         ([[0.0, 255.0], [51.0, 0.0]], [3, 1])
     """
     x, y, _ = read_table(path, label, required=False)
+    if x.size and pixel_scale == 255.0 and (x.min() < 0 or x.max() > 255):
+        from .data import _warn
+        _warn(f"{path}: values range from {x.min():g} to {x.max():g}, not 8-bit pixels (0..255), yet each is divided "
+              "by pixel_scale=255; for other data pass pixel_scale=1 and normalise the columns yourself")
     x /= np.float32(pixel_scale)
     if y is None or y.dtype.kind in "iu":
         return x, y, None
