@@ -166,7 +166,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
             training step ran (CUDA graph or eager, and why) and which optimizer kernel.
         fast: let fit pick faster kernels with the same maths: a stock Adam, AdamW or SGD left on its
             default implementation runs its fused kernel (one kernel per step instead of ~10 small
-            ops per parameter), and on a GPU the whole step is captured in one CUDA graph and
+            ops per parameter; its param groups keep `fused=True` after the fit), and on a GPU the whole step is captured in one CUDA graph and
             replayed per batch (see graphs.py for what keeps a fit eager). `history.info["optimizer"]`
             and `history.info["step"]` say what ran; `fast=False` leaves the optimizer be and runs eagerly.
         schedule: a callback that sets rates per step (e.g. `one_cycle(max_lr)`); added to callbacks.
