@@ -282,7 +282,8 @@ def test_a_notebook_cell_ending_in_fit_shows_the_table_once():
     h = fit(net, md_of(), 2, optim.Adam(net.parameters()), metrics=[accuracy], verbose=False)
     shown = pretty(h)
     assert shown.startswith("History(2 epochs; last: trn_loss ") and "accuracy" in shown and "\n" not in shown
-    assert repr(h).count("\n") == 2  # print(h): the header and one row per epoch
+    assert str(h).count("\n") == 2  # print(h): the header and one row per epoch
+    assert repr(h) == shown        # a plain Python prompt shows the same one line, not the table again
 
 
 # ---------------------------------------------------------------- what must stay allowed (review of the checks)
@@ -506,3 +507,48 @@ def test_export_of_a_tabular_model_with_per_feature_statistics(tmp_path):
         save(net, tmp_path / "u", input_shape=(784,), mean=0, std=1)       # used to save, then fail at predict
     with pytest.raises(ExportError, match="one per feature"):
         save(net, tmp_path / "v", mean=m[:5], std=s[:5])
+
+
+def test_cli_run_folder_mistakes_and_warnings_are_one_line(digits_pickle, tmp_path, capsys):
+    run = ["train", "--data-path", str(digits_pickle), "--model", "logreg", "--epochs", "1"]
+    (tmp_path / "afile.txt").write_text("x")
+    assert main([*run, "--out", str(tmp_path / "afile.txt")]) == 1
+    err = capsys.readouterr().err
+    assert "--out" in err and "is a file; expected a folder" in err
+    assert main([*run, "--quiet", "--out", str(tmp_path / "r")]) == 0
+    assert main([*run, "--out", str(tmp_path / "r")]) == 0  # again: it says the earlier run is replaced
+    assert "holds an earlier run" in capsys.readouterr().out
+    assert main([*run, "--resume", "--out", str(tmp_path / "r")]) == 0  # nothing left: a warning, on one line
+    err = capsys.readouterr().err
+    assert "netfit train: warning:" in err and "nothing left to train" in err and "sys.exit" not in err
+
+
+def test_cli_predict_takes_a_folder_goes_on_past_a_bad_file_and_warns_of_a_light_background(tmp_path, capsys):
+    from PIL import Image
+    from netfit.models import logreg as lr
+    save(lr(), tmp_path / "m", arch="logreg", mean=float(MEAN), std=float(STD))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 12:16] = 255                                  # a light stroke on black, as MNIST draws
+    Image.fromarray(digit).save(imgs / "a.png")
+    Image.fromarray(255 - digit).save(imgs / "b_inverted.png")  # a dark stroke on white, as students draw
+    rc = main(["predict", "--model", str(tmp_path / "m"), str(imgs / "a.png"), str(tmp_path / "missing.png"),
+               str(imgs)])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "missing.png: no such file" in err      # reported, and the other files still predicted
+    assert out.count("a.png:") == 2 and "b_inverted.png:" in out
+    assert "b_inverted.png: a light background" in err and "a.png: a light" not in err
+
+
+def test_an_interrupted_checkpoint_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from netfit import checkpoint
+    checkpoint.save_checkpoint(tmp_path / "ckpt", {"step": 1})
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint.os, "fsync", interrupted)  # Ctrl-C in the middle of writing the file
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(tmp_path / "ckpt", {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert checkpoint.load_checkpoint(tmp_path / "ckpt")["step"] == 1

@@ -76,13 +76,17 @@ def save_checkpoint(path, state):
     torch.save(state, buf)
     body = buf.getvalue()
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
-        f.flush()
-        os.fsync(f.fileno())
-    if path.exists():  # between these two renames `.prev` holds a complete checkpoint
-        os.replace(path, path.with_name(path.name + ".prev"))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():  # between these two renames `.prev` holds a complete checkpoint
+            os.replace(path, path.with_name(path.name + ".prev"))
+        os.replace(tmp, path)
+    finally:  # also on Ctrl-C mid-write: no half-written temporary file left beside the checkpoints
+        if tmp.exists():
+            tmp.unlink()
     _fsync_dir(path.parent)
 
 

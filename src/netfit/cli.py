@@ -78,7 +78,7 @@ def build_parser():
                         "class of each image (greyscale, resized to 28x28) or of each CSV row (pixel values "
                         "in [0, 1] or 0-255, with or without a label column).")
     pr.add_argument("--model", required=True, help="run folder holding model.safetensors and model.json")
-    pr.add_argument("inputs", nargs="+", metavar="FILE", help="image files (.png, .jpg...) or .csv files")
+    pr.add_argument("inputs", nargs="+", metavar="FILE", help="image files (.png, .jpg...), .csv files, or folders of them")
     c = sub.add_parser("compare", help="train a random forest, logistic regressions and nets side by side",
                        description="Train scikit-learn's RandomForestClassifier and LogisticRegression and "
                        "netfit's logreg, mlp and cnn on the same split; print one table (validation and test "
@@ -131,7 +131,8 @@ def _check_resume(args, out):
     was = json.loads(saved.read_text())
     changed = [k for k in _RUN_OPTIONS if k in was and was[k] != getattr(args, k)]
     if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {was[k]!r} (got {getattr(args, k)!r})" for k in changed)
+        shown = lambda v: "(the default)" if v is None else repr(v)  # noqa: E731
+        flags = ", ".join(f"--{k.replace('_', '-')} {shown(was[k])} (got {shown(getattr(args, k))})" for k in changed)
         raise ValueError(f"--resume: {out}/ckpt was written by a run with {flags}; resume with its options")
 
 
@@ -176,14 +177,22 @@ def train(args):
     if args.data is None:
         args.data = _data_named_by(args.data_path)
     torch.manual_seed(args.seed)
-    out = Path(args.out or f"runs/{args.data}-{args.model}")
+    out = args.run_folder = Path(args.out or f"runs/{args.data}-{args.model}")
     device = torch.device(args.device) if args.device else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}"
                          + (", built without CUDA)" if torch.version.cuda is None else ", no GPU found)"))
     if main_rank:
         _check_resume(args, out)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; expected a folder for the run (it is created if missing)")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
+        if not args.resume and (out / "metrics.json").exists():
+            say(f"note: {out} holds an earlier run, which this one replaces (--resume continues it; --out "
+                "another folder keeps it)")
     if device.type == "cuda" and device.index is None:  # under torchrun: this rank's GPU, cuda:LOCAL_RANK
         device = default_device()
     start = time.perf_counter()
@@ -205,8 +214,14 @@ def train(args):
         opt = optim.AdamW(net.parameters(), lr=lr, weight_decay=args.wd)
     else:
         opt = optim.SGD(net.parameters(), lr=lr, momentum=args.momentum, weight_decay=args.wd)
-    say(f"model {args.model} ({sum(p.numel() for p in net.parameters()):,} parameters), {args.opt} lr {lr:g}, "
-        f"bs {args.bs}, {args.epochs} epochs")
+    extras = "".join(f", {text}" for on, text in (
+        (args.schedule != "none", f"{args.schedule} schedule"), (args.amp, "mixed precision"),
+        (args.augment, "augmentation"), (args.clip is not None, f"clip {args.clip}"),
+        (args.accumulate > 1, f"accumulate {args.accumulate}"), (args.wd, f"wd {args.wd:g}"),
+        (args.early_stop is not None, f"early stop after {args.early_stop} epochs without progress")) if on)
+    say(f"model {args.model} ({sum(p.numel() for p in net.parameters()):,} parameters), {args.opt} lr "
+        f"{'from lr_find' if args.lr_find and args.lr is None else format(lr, 'g')}, bs {args.bs}, {args.epochs} "
+        f"epoch{'s' if args.epochs != 1 else ''}{extras}")
     lr_suggestion = None
     if args.lr_find:
         res = lr_find(net, md, nn.NLLLoss(), opt)
@@ -229,6 +244,11 @@ def train(args):
                   schedule=schedule, amp=args.amp, accumulate=args.accumulate,
                   seed=args.seed)  # the shuffling too: 2 processes of --bs b order rows as 1 process of 2b
     train_seconds = sum(history["time"])
+    stopped = history.info.get("early_stopping")
+    if stopped and stopped.get("stopped_after") is not None:
+        say(f"early stopping: no progress in {stopped['monitor']} for {args.early_stop} epochs after epoch "
+            f"{stopped['best_epoch']}; stopped after epoch {stopped['stopped_after']} and restored epoch "
+            f"{stopped['best_epoch']}'s weights ({stopped['monitor']} {stopped['best']:.4f})")
     val_preds = predict(net, md.val_dl)  # under torchrun: each rank a share, gathered in order on all
     test_acc = accuracy(predict(net, md.test_dl), y_test)
     val_acc = accuracy(val_preds, y_valid)
@@ -266,18 +286,25 @@ def train(args):
 
 def predict(args):
     """Run `netfit predict`: print `<file>: <class>` per image, `<file> row <i>: <class>` per CSV row."""
+    from .data import DataError
     from .export import load
-    from .inputs import read_inputs
+    from .inputs import expand, read_inputs
     predictor = load(args.model)
-    for path in args.inputs:
-        x, labels, names = read_inputs(path, predictor.meta["input_shape"])
+    failed = []
+    for path in expand(args.inputs):
+        try:
+            x, labels, names = read_inputs(path, predictor.meta["input_shape"])
+        except DataError as e:  # the other files are still predicted; the exit status says some were not
+            print(f"netfit predict: error: {e}", file=sys.stderr)
+            failed.append(path)
+            continue
         preds = predictor.predict(x)
         classes = predictor.classes or [str(i) for i in range(int(preds.max()) + 1)]
         for name, p in zip(names, preds):
             print(f"{name}: {classes[p]}")
         if labels is not None:
             print(f"{path}: accuracy {(preds == labels).mean():.4f} on {len(labels)} labelled rows")
-    return 0
+    return 1 if failed else 0
 
 
 def main(argv=None):
@@ -286,17 +313,25 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    import warnings
     try:
-        if args.command == "train":
-            train(args)
-        elif args.command == "predict":
-            predict(args)
-        elif args.command == "compare":
-            from .compare import compare_command
-            compare_command(args)
+        with warnings.catch_warnings():
+            if not args.debug:  # one line per warning, as for errors, not Python's file:line and source line
+                warnings.showwarning = lambda message, category, *rest: print(
+                    f"netfit {args.command}: warning: {message}", file=sys.stderr)
+            if args.command == "train":
+                train(args)
+            elif args.command == "predict":
+                return predict(args)
+            elif args.command == "compare":
+                from .compare import compare_command
+                compare_command(args)
         return 0
     except KeyboardInterrupt:
-        print("netfit: interrupted", file=sys.stderr)
+        ckpt = getattr(args, "run_folder", None)
+        ckpt = ckpt / "ckpt" if ckpt is not None and (ckpt / "ckpt").exists() else None
+        print("netfit: interrupted" + (f"; the last checkpoint is {ckpt}: run the same command with --resume to "
+                                       "continue from it" if ckpt else ""), file=sys.stderr)
         return 130
     except Exception as e:  # one line for people, the traceback with --debug
         if args.debug:

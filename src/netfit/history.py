@@ -60,18 +60,22 @@ class History:
                 f.write(text)
         return text
 
-    def __repr__(self):
+    def __str__(self):
+        """The per-epoch table, as `fit` prints it: `print(h)`."""
         keys = self.keys()
         return _table_header(keys) + "".join("\n" + _table_row(r, keys) for r in self.records)
 
-    def _repr_pretty_(self, p, cycle):
-        """What IPython and Jupyter show for a cell ending in `fit(...)`: one line, since `fit` has just
-        printed the table (`print(h)` still prints it whole)."""
+    def __repr__(self):
+        """One line: what a Python prompt, IPython or Jupyter shows for a line ending in `fit(...)`, which
+        has just printed the table (`print(h)` prints it whole)."""
         last = self.records[-1] if self.records else {}
         figures = ", ".join(f"{k} {v:.4f}" for k, v in last.items()
                             if k not in ("epoch", "time", "lr") and isinstance(v, float))
-        p.text(f"History({len(self.records)} epoch{'s' * (len(self.records) != 1)}"
-               + (f"; last: {figures}" if figures else "") + ")")
+        return (f"History({len(self.records)} epoch{'s' * (len(self.records) != 1)}"
+                + (f"; last: {figures}" if figures else "") + ")")
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(repr(self))
 
 
 def _metric_name(m):

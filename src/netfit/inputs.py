@@ -16,7 +16,7 @@ import numpy as np
 
 from .data import DataError
 
-__all__ = ["read_inputs", "read_image", "read_csv"]
+__all__ = ["read_inputs", "read_image", "read_csv", "expand"]
 
 
 def _side(input_shape):
@@ -42,6 +42,11 @@ def read_image(path, input_shape=(784,)):
             x = np.asarray(im, dtype=np.float32) / 255  # (h, w)
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path}: not an image Pillow can read ({e})") from None
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    if border.mean() > 0.5:  # MNIST and Fashion-MNIST are light on black: a dark drawing on white reads as noise
+        from .data import _warn
+        _warn(f"{path}: a light background (border mean {border.mean():.2f}); the model was trained on light "
+              "objects on black, so invert the image first (e.g. 255 - pixels) or the prediction is a guess")
     return x.reshape(1, h * w)
 
 
@@ -85,11 +90,28 @@ def read_csv(path, n_features=784):
     return x.astype(np.float32), labels
 
 
+def expand(paths):
+    """The files `paths` name, a folder standing for the images and CSVs in it (sorted)."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + (".csv",))
+            if not inside:
+                raise DataError(f"{p}: a folder with no images (.png, .jpg...) or .csv files in it")
+            files += inside
+        else:
+            files.append(p)
+    return files
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
 def read_inputs(path, input_shape=(784,)):
     """`(x, labels or None, names)` for an image or a CSV file; `names` label each row for printing."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file; expected an image (.png, .jpg...) or a .csv")
+        raise DataError(f"{path}: no such file; expected an image (.png, .jpg...), a .csv or a folder of them")
     if path.suffix.lower() == ".csv":
         x, labels = read_csv(path, math.prod(int(s) for s in input_shape))
         return x, labels, [f"{path} row {i + 1}" for i in range(len(x))]
