@@ -419,3 +419,15 @@ def test_an_impossible_n_train_is_refused_before_any_search(tmp_path):
     with pytest.raises(ValueError, match="n_train=60000 leaves nothing to validate: fashion-mnist's training file "
                                          "has 60000 rows"):
         datasets.fashion_mnist(n_train=60000, mirrors=["http://127.0.0.1:9/"], cache=tmp_path)
+
+
+def test_an_uncompressed_file_with_only_a_gz_md5_is_read_with_size_and_header_checks(tmp_path):
+    # MNIST's training images have only their .gz's MD5 published: an unpacked copy cannot match it
+    files, arrays = build(tmp_path / "raw", seed=3, gz=False)
+    data = idx_bytes(arrays[STEMS[0]])
+    files[STEMS[0]] = FileSpec(gz_md5=hashlib.md5(gzip.compress(data)).hexdigest(), raw_size=len(data))
+    with pytest.warns(UserWarning, match="read without a hash check.*keep train-images-idx3-ubyte.gz beside it"):
+        check_splits(load_tiny(files, path=tmp_path / "raw"), arrays)
+    (tmp_path / "raw" / STEMS[0]).write_bytes(data[:-784])  # one image short: the size still has to be right
+    with pytest.raises(DatasetError, match="bytes once decompressed"):
+        load_tiny(files, path=tmp_path / "raw")
