@@ -7,6 +7,7 @@ safetensors holds only tensors, so loading weights can never run code (unlike a 
 """
 import hashlib
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def save(model, folder, arch=None, arch_kwargs=None, classes=None, input_shape=N
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = folder / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; a shared run folder's weights read as its other files
     tmp.replace(folder / WEIGHTS)
     meta = {
         "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "repr": repr(model),
