@@ -218,7 +218,7 @@ h_mlp = fit(net4, md, EPOCHS, opt, nn.NLLLoss(), [accuracy])
 torch.manual_seed(0)   # the same shuffles for the twin run
 h_twin = fit(net5, md, EPOCHS, scratch.SGD(net5.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3),
              nn.NLLLoss(), [accuracy], verbose=False)
-print("torch.optim.SGD", h_mlp["accuracy"], "\\nscratch.SGD    ", h_twin["accuracy"])"""),
+print("torch.optim.SGD", np.round(h_mlp["accuracy"], 4), "\\nscratch.SGD    ", np.round(h_twin["accuracy"], 4))"""),
     ("md", """Once the loss stops falling, a smaller learning rate lets the weights settle into the bottom of
 the valley instead of bouncing across it. `set_lrs` changes the rate of an existing optimiser:"""),
     ("code", """set_lrs(opt, 1e-2)
