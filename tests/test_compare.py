@@ -180,3 +180,33 @@ def test_cli_compare_errors_are_one_line(tmp_path, capsys):
     assert rc == 1 and "Traceback" not in err and "'shade'" in err
     rc = main(["compare", "--models", "forest,boost", "--out", str(tmp_path / "r")])
     assert rc == 1 and "unknown model 'boost'" in capsys.readouterr().err
+
+
+def test_tabular_data_is_standardised_per_column_and_gets_no_cnn(tmp_path):
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    x, y = load_breast_cancer(return_X_y=True)  # 30 columns in their own units (areas ~1000, ratios ~0.1)
+    x = x.astype(np.float32)
+    table = records(compare(["sklearn-logreg"], (x, y), quick=True, verbose=False, seed=0).table)
+    (xt, yt), (xv, yv) = load_split((x, y), None, None, seed=0)[0].values()
+    scaler = StandardScaler().fit(xt)
+    want = LogisticRegression(max_iter=QUICK.max_iter).fit(scaler.transform(xt), yt).score(scaler.transform(xv), yv)
+    assert table[0]["val_accuracy"] == pytest.approx(want, abs=1e-9)  # what StandardScaler + sklearn gives
+    assert "standardised per feature" in table[0]["settings"]
+    iris_like = np.random.default_rng(0).random((200, 4), dtype=np.float32)  # 4 = 2x2: a square, not an image
+    table = records(compare(None, (iris_like, np.arange(200) % 3), quick=True, verbose=False).table)
+    assert "cnn" not in [r["model"] for r in table]
+
+
+def test_mistakes_are_refused_before_any_training(small, tmp_path):
+    x, y = small[0]
+    with pytest.raises(ValueError, match="at least 1 tree"):
+        compare(["logreg", "forest"], (x, y), quick=True, verbose=False, forest_kwargs={"n_estimators": 0})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cannot create the folder"):
+        compare(["logreg"], (x, y), quick=True, verbose=False, out=tmp_path / "file" / "run")
+    with pytest.raises(ValueError, match="seed .* >= 0"):
+        compare(["logreg"], (x, y), quick=True, verbose=False, seed=-1)
+    with pytest.raises(ValueError, match="1 class"):
+        compare(["logreg"], (x, np.zeros(len(y), int)), quick=True, verbose=False)

@@ -172,6 +172,8 @@ def train(args):
         raise ValueError(f"--momentum must be in [0, 1); got {args.momentum}")
     if args.clip is not None and not args.clip > 0:
         raise ValueError(f"--clip must be positive; got {args.clip}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be 0 or more; got {args.seed}")
     if args.early_stop is not None and args.early_stop < 0:
         raise ValueError(f"--early-stop must be at least 0; got {args.early_stop}")
     if args.data is None:

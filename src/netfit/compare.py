@@ -10,7 +10,8 @@ Every model sees the same training rows and is scored on the same validation (an
 - `forest`: scikit-learn's RandomForestClassifier on the raw pixels, all cores;
 - `sklearn-logreg`: scikit-learn's LogisticRegression (lbfgs), the classical baseline;
 - `logreg`, `mlp`, `cnn`: netfit.models trained by `fit` with Adam and a one-cycle schedule, inputs
-  normalised with the training set's mean and standard deviation (as the lesson does).
+  normalised with the training set's mean and standard deviation (as the lesson does; tabular data,
+  rows that are not square images, is standardised per column instead).
 
 `data` is a dataset name ("fashion-mnist", "mnist"), a CSV in Kaggle's digit-recognizer layout (a
 `label` column, then `pixel0..pixel783`; a validation part is split off), or an `(x, y)` pair with
@@ -73,19 +74,23 @@ class Comparison(NamedTuple):
 
 # --------------------------------------------------------------------------------------------- models
 
+def _images(n_features):
+    """Whether rows of `n_features` are flat square images (8x8 or larger), not tabular features."""
+    return math.isqrt(n_features) ** 2 == n_features and n_features >= 64
+
+
 def _model_list(models, n_features):
     if models is None:
-        square = math.isqrt(n_features) ** 2 == n_features
-        names = [m for m in MODELS if m != "cnn" or square]
+        names = [m for m in MODELS if m != "cnn" or _images(n_features)]
     else:
         names = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
     unknown = [m for m in names if m not in MODELS]
     if unknown or not names:
         raise ValueError(f"unknown model {', '.join(map(repr, unknown)) or '(none given)'}; expected some of "
                          f"{', '.join(MODELS)}")
-    if "cnn" in names and math.isqrt(n_features) ** 2 != n_features:
-        raise ValueError(f"cnn needs square images as flat rows; the data has {n_features} features, not a square "
-                         "number (leave cnn out for tabular data)")
+    if "cnn" in names and not (math.isqrt(n_features) ** 2 == n_features and n_features >= 16):
+        raise ValueError(f"cnn needs square images of at least 4x4 as flat rows (its two 2x2 pools halve the side "
+                         f"twice); the data has {n_features} features (leave cnn out for tabular data)")
     names = list(dict.fromkeys(names))
     needs = [m for m in names if m not in NETS]
     if needs:
@@ -146,8 +151,10 @@ def _train_sklearn(name, model, x, y, xv, xt, n_classes):
 def _train_net(name, x, y, xv, yv, xt, n_classes, epochs, budget, device, seed, say, tag):
     """x, xv, xt already normalised with the training statistics."""
     torch.manual_seed(seed)
-    md = ImageClassifierData.from_arrays(name, (x, y), (xv, yv), bs=budget.bs, classes=list(range(n_classes)),
-                                         device=device)
+    with warnings.catch_warnings():  # compare scaled the splits itself; per-column scaling may leave the validation
+        warnings.filterwarnings("ignore", message="x_valid .* is scaled differently")  # rows' overall std apart
+        md = ImageClassifierData.from_arrays(name, (x, y), (xv, yv), bs=budget.bs, classes=list(range(n_classes)),
+                                             device=device)
     net = _build_net(name, x.shape[1], n_classes, budget).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=budget.lr)
     start = time.perf_counter()
@@ -167,15 +174,16 @@ def _forest_kwargs(budget, forest_kwargs, seed):
     return {"n_estimators": budget.n_estimators, "n_jobs": -1, "random_state": seed, **(forest_kwargs or {})}
 
 
-def _settings(name, budget, epochs, forest_kwargs, converged, device):
+def _settings(name, budget, epochs, forest_kwargs, converged, device, images=True):
+    scaled = "normalised" if images else "standardised per feature"
     if name == "forest":
         kw = _forest_kwargs(budget, forest_kwargs, 0)
         extra = ", ".join(f"{k}={v}" for k, v in kw.items() if k not in ("n_estimators", "random_state", "n_jobs"))
-        return f"{kw['n_estimators']} trees, raw pixels" + (f", {extra}" if extra else "")
+        return f"{kw['n_estimators']} trees, raw {'pixels' if images else 'features'}" + (f", {extra}" if extra else "")
     if name == "sklearn-logreg":
-        return f"lbfgs, max_iter {budget.max_iter}" + ("" if converged else " (not converged)") + ", normalised"
+        return f"lbfgs, max_iter {budget.max_iter}" + ("" if converged else " (not converged)") + f", {scaled}"
     arch = f"channels {budget.cnn_channels[0]},{budget.cnn_channels[1]}, " if name == "cnn" else ""
-    return f"{arch}{epochs} epochs, Adam one-cycle lr {budget.lr:g}, bs {budget.bs}, normalised, {device}"
+    return f"{arch}{epochs} epochs, Adam one-cycle lr {budget.lr:g}, bs {budget.bs}, {scaled}, {device}"
 
 
 # ----------------------------------------------------------------------------------------- reporting
@@ -264,11 +272,23 @@ def compare(models=None, data="fashion-mnist", valid=None, test=None, *, quick=F
         (2, ['accuracy_vs_time', 'confusion_forest', 'confusion_logreg', 'top_losses_forest'])
     """
     say = (lambda *a: print(*a, flush=True)) if verbose else (lambda *a: None)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed (--seed) must be an integer >= 0; got {seed!r}")
     budget = budget or (QUICK if quick else FULL)
     splits, names, source = load_split(data, valid, test, classes=classes, valid_frac=valid_frac, seed=seed)
     n_features = splits["train"][0].shape[1]
     chosen = _model_list(models, n_features)
     epochs_for = _epochs(epochs, budget)
+    if len(names) < 2:
+        raise ValueError(f"the training labels hold {len(names)} class; a comparison of classifiers needs at least 2")
+    n_trees = _forest_kwargs(budget, forest_kwargs, seed)["n_estimators"]
+    if "forest" in chosen and not (isinstance(n_trees, int) and n_trees >= 1):
+        raise ValueError(f"the forest needs at least 1 tree; got n_estimators={n_trees!r}")
+    if out is not None:  # before any training: an unwritable folder should not cost a full run
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"out={out}: cannot create the folder ({e.strerror})") from None
     sizes_before = {k: len(v[0]) for k, v in splits.items()}
     limits = {"train": budget.n_train, "valid": budget.n_valid, "test": budget.n_test}
     splits = {k: subsample(*v, limits[k], seed + i) for i, (k, v) in enumerate(splits.items())}
@@ -283,8 +303,13 @@ def compare(models=None, data="fashion-mnist", valid=None, test=None, *, quick=F
 
     (x, y), (xv, yv) = splits["train"], splits["valid"]
     xt, yt = splits.get("test", (None, None))
-    mean, std = mean_std(x)
-    std = std or 1.0  # training statistics, applied to every split
+    images = _images(n_features)
+    if images:  # as the lesson: one mean and std over all the training pixels, applied to every split
+        mean, std = mean_std(x)
+        std = std or 1.0
+    else:  # tabular columns have their own units: standardise each (scikit-learn's StandardScaler)
+        mean, std = x.mean(0), x.std(0)
+        std = np.where(std > 0, std, 1.0)
     xn, xvn, xtn = ((a - mean) / std if a is not None else None for a in (x, xv, xt))
     records, probs, histories = [], {}, {}
     for i, name in enumerate(chosen):
@@ -293,7 +318,7 @@ def compare(models=None, data="fashion-mnist", valid=None, test=None, *, quick=F
             say(f"{tag} training for {epochs_for[name]} epochs on {len(x):,} rows...")
             result = _train_net(name, xn, y, xvn, yv, xtn, n_classes, epochs_for[name], budget, device, seed, say,
                                 tag)
-        elif name == "forest":  # raw pixels: a forest needs no normalisation
+        elif name == "forest":  # raw values: a forest needs no normalisation
             from sklearn.ensemble import RandomForestClassifier
             model = RandomForestClassifier(**_forest_kwargs(budget, forest_kwargs, seed))
             say(f"{tag} training {model.n_estimators} trees (n_jobs={model.n_jobs}) on {len(x):,} rows...")
@@ -309,7 +334,7 @@ def compare(models=None, data="fashion-mnist", valid=None, test=None, *, quick=F
             rec["test_accuracy"] = accuracy(pt, yt)
         rec.update(train_seconds=train_s, predict_seconds_per_1k=pred_s / len(xv) * 1000, params=int(params),
                    size_bytes=int(size), settings=_settings(name, budget, epochs_for.get(name), forest_kwargs,
-                                                            converged, device))
+                                                            converged, device, images))
         records.append(rec)
         probs[name] = pv
         if history is not None:
@@ -376,7 +401,7 @@ def _figures(records, probs, xv, yv, names, n_features):
                                                          title=f"{r['model']}: validation accuracy "
                                                                f"{r['val_accuracy']:.4f}")
     best = max(records, key=lambda r: r["val_accuracy"])["model"]
-    if math.isqrt(n_features) ** 2 == n_features:
+    if _images(n_features):
         figs[f"top_losses_{best}"] = plot_top_losses(xv, probs[best], yv, k=9, classes=names)
     for f in figs.values():
         plt.close(f)  # returned, saved, shown on demand; not kept open by pyplot across many calls

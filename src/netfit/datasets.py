@@ -432,7 +432,7 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
     hint = ("install it with `sudo apt-get install dataset-fashion-mnist`, " if name == "fashion-mnist" else "")
     raise DatasetError(f"could not load {name}. Tried:\n  - " + "\n  - ".join(tried) +
                        f"\nTo fix: {hint}copy the four IDX files into {cache} "
-                       f"(or set NETFIT_DATA), or pass path= to a folder or mnist.pkl.gz (--data-path on the command line).")
+                       f"(or set NETFIT_DATA), or pass path= to a folder or mnist.pkl.gz (on the command line: --data-path for netfit train, --data for netfit compare).")
 
 
 def get_data(url, dest, sha256=None, md5=None, timeout=30.0, deadline=600.0):
