@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from netfit import Augment, DataError, ImageClassifierData, fit, predict, predict_tta
+from netfit import Augment, DataError, ImageClassifierData, RandomShift, fit, predict, predict_tta
 from netfit.models import logreg
 
 
@@ -115,3 +115,20 @@ def test_random_shift_keeps_shapes_and_is_the_identity_in_eval():
         assert layer.eval()(x) is x
     with pytest.raises(ValueError, match="pad must be a non-negative integer"):
         RandomShift(-1)
+
+
+def test_predict_tta_warps_with_a_training_time_layer_and_names_bad_arguments():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(784, 10), nn.LogSoftmax(dim=1))
+    x = torch.rand(16, 784)
+    plain = predict_tta(net, x, n=0)
+    shifted = predict_tta(net, x, n=4, augment=RandomShift(2))  # eval mode used to make the shift a no-op
+    assert np.abs(shifted - plain).max() > 1e-4
+    with pytest.raises(TypeError, match="the class Augment \\(pass Augment\\(\\)\\)"):
+        predict_tta(net, x, augment=Augment)
+    with pytest.raises(TypeError, match="augmentation object"):
+        predict_tta(net, x, augment="flip")
+    with pytest.raises(TypeError, match="nn.Module"):
+        predict_tta(None, x)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        predict_tta(net, x, n=True)

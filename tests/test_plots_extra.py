@@ -84,3 +84,17 @@ def test_plot_top_losses_errors():
         plot_top_losses(np.zeros((3, 4, 4)), p, np.array([0, 4, 0]))
     with pytest.raises(ValueError, match="k must be a positive integer; got 0"):
         plot_top_losses(np.zeros((3, 4, 4)), p, np.array([0, 1, 0]), k=0)
+
+
+def test_one_image_into_your_own_axes_and_argument_mistakes():
+    import matplotlib.pyplot as plt
+    from netfit import plots, show
+    assert len(plots(np.random.rand(28, 28)).axes) == 1            # one (H, W) image, not 28 rows of 28
+    fig, ax = plt.subplots(1, 2)
+    assert show(np.eye(28), ax=ax[0], title=np.array([3])) is ax[0]  # not fig: Jupyter would draw it twice
+    assert ax[0].get_title() == "3"
+    with pytest.raises(ValueError, match="1 colors for 3 images"):
+        plots(np.random.rand(3, 28, 28), titles=[1, 2, 3], colors=["red"])
+    with pytest.raises(ValueError, match="rows must be a positive integer"):
+        plots(np.random.rand(3, 28, 28), rows=0)
+    plt.close("all")

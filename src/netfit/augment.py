@@ -158,8 +158,19 @@ class _TTA(nn.Module):
     def forward(self, x):
         probs = torch.softmax(self.model(x).float(), dim=1)               # (N, C)
         for _ in range(self.n):
-            probs += torch.softmax(self.model(self.augment(x)).float(), dim=1)
+            probs += torch.softmax(self.model(self._warp(x)).float(), dim=1)
         return probs / (self.n + 1)
+
+    def _warp(self, x):
+        # a layer such as RandomShift warps in training mode only, and predict puts everything in eval
+        a = self.augment
+        if not isinstance(a, nn.Module) or a.training:
+            return a(x)
+        a.train()
+        try:
+            return a(x)
+        finally:
+            a.eval()
 
 
 def predict_tta(model, dl, n=4, augment=None):
@@ -181,6 +192,12 @@ def predict_tta(model, dl, n=4, augment=None):
         >>> predict_tta(net, np.random.rand(5, 784).astype("float32"), n=2).shape
         (5, 10)
     """
-    if not (isinstance(n, int) and n >= 0):
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
         raise ValueError(f"n must be a non-negative integer; got {n!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a trained nn.Module; got {type(model).__name__}")
+    if augment is not None and (isinstance(augment, type) or not callable(augment)):
+        raise TypeError(f"augment must be an augmentation object such as Augment(pad=2) or RandomShift(2); got "
+                        + (f"the class {augment.__name__} (pass {augment.__name__}())" if isinstance(augment, type)
+                           else repr(augment)))
     return predict(_TTA(model, augment if augment is not None else Augment(), n), dl)

@@ -5,6 +5,7 @@ never calls `plt.show()`, so it works the same in Jupyter, scripts and tests.
     fig.savefig("preds.png")
 """
 import functools
+import math
 
 import numpy as np
 
@@ -63,23 +64,25 @@ def _image(im):
 
 
 def show(img, title=None, ax=None, figsize=(3, 3)):
-    """Draw one greyscale (or RGB) image; returns the Figure.
+    """Draw one greyscale (or RGB) image; returns a new Figure, or `ax` when drawing into yours.
+
+    Returning your axes, not their figure, as matplotlib's own drawing functions do, keeps Jupyter
+    from drawing a figure of yours twice (once as the cell's value, once by pyplot).
 
     Example:
         >>> fig = show(np.eye(28), title="7")
     """
+    given = ax is not None
     if ax is None:
         fig = _figure(figsize)
         ax = fig.add_subplot(1, 1, 1)
-    else:
-        fig = ax.figure
     ax.imshow(_image(img), cmap="gray")
     ax.axis("off")
     if title is not None:
-        if hasattr(title, "item") and getattr(title, "ndim", None) == 0:
-            title = title.item()  # a label from preds[:8] reads "3", not "tensor(3)"
+        if hasattr(title, "item") and getattr(title, "size", None) == 1:
+            title = title.item()  # a label from preds[:8] reads "3", not "tensor(3)" or "[3]"
         ax.set_title(str(title))
-    return fig
+    return ax if given else fig
 
 
 def plots(ims, figsize=(12, 6), rows=2, titles=None, colors=None):
@@ -94,9 +97,15 @@ def plots(ims, figsize=(12, 6), rows=2, titles=None, colors=None):
         >>> len(fig.axes)
         8
     """
+    if getattr(ims, "ndim", None) == 2 and math.isqrt(ims.shape[1]) ** 2 != ims.shape[1]:
+        ims = [ims]  # one (H, W) image, not H flat rows (a flat row's length is a square)
     ims = list(ims)
     if not ims:
         raise ValueError("plots needs at least one image; got none")
+    if colors is not None and len(colors) != len(ims):
+        raise ValueError(f"got {len(colors)} colors for {len(ims)} images; expected one per image")
+    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+        raise ValueError(f"rows must be a positive integer; got {rows!r}")
     if isinstance(titles, str):
         raise ValueError(f"titles must be one label per image (a list or array); got the string {titles!r}")
     if titles is not None and len(titles) != len(ims):
