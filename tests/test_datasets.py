@@ -425,9 +425,14 @@ def test_an_uncompressed_file_with_only_a_gz_md5_is_read_with_size_and_header_ch
     # MNIST's training images have only their .gz's MD5 published: an unpacked copy cannot match it
     files, arrays = build(tmp_path / "raw", seed=3, gz=False)
     data = idx_bytes(arrays[STEMS[0]])
-    files[STEMS[0]] = FileSpec(gz_md5=hashlib.md5(gzip.compress(data)).hexdigest(), raw_size=len(data))
+    files[STEMS[0]] = FileSpec(gz_md5=hashlib.md5(gzip.compress(data, mtime=0)).hexdigest(), raw_size=len(data))
     with pytest.warns(UserWarning, match="read without a hash check.*keep train-images-idx3-ubyte.gz beside it"):
         check_splits(load_tiny(files, path=tmp_path / "raw"), arrays)
     (tmp_path / "raw" / STEMS[0]).write_bytes(data[:-784])  # one image short: the size still has to be right
     with pytest.raises(DatasetError, match="bytes once decompressed"):
         load_tiny(files, path=tmp_path / "raw")
+    tampered = bytearray(data)
+    tampered[-784:] = b"\xff" * 784                              # same size and header, other pixels
+    (tmp_path / "raw" / STEMS[0]).write_bytes(bytes(tampered))
+    (tmp_path / "raw" / (STEMS[0] + ".gz")).write_bytes(gzip.compress(data, mtime=0))  # verifiable: it wins
+    check_splits(load_tiny(files, path=tmp_path / "raw"), arrays)

@@ -148,13 +148,14 @@ def test_accuracy_reads_a_column_of_targets_as_a_vector():
 
 
 def test_accuracy_of_one_column_is_binary_and_names_are_refused():
-    probs, logits, t = np.array([[0.2], [0.7], [0.9]]), np.array([[-2.0], [0.3], [1.5]]), np.array([0, 1, 0])
+    probs, t = np.array([[0.2], [0.7], [0.9]]), np.array([0, 1, 0])
     assert accuracy(probs, t) == pytest.approx(2 / 3)      # class 1 above 0.5, as Keras reads a sigmoid
-    assert accuracy(logits, t) == pytest.approx(2 / 3)     # a logit: class 1 above 0
     assert accuracy(torch.tensor(probs), torch.tensor(t)).item() == pytest.approx(2 / 3)
-    assert accuracy(torch.tensor(logits), torch.tensor(t)).item() == pytest.approx(2 / 3)
+    # one rule for every batch: logits of a batch that all lie in [0, 1] are not read another way
+    assert accuracy(np.array([[0.3], [0.7], [1.5]]), np.array([1, 1, 1])) == pytest.approx(2 / 3)
     with pytest.raises(DataError, match="np.unique"):     # used to return 0.0
         accuracy(np.eye(2)[[0, 1]], np.array(["cat", "dog"]))
+    assert accuracy(np.eye(2)[[1, 0]], np.array([1, 0], dtype=object)) == 1.0  # pandas' nullable integers
 
 
 def test_the_lessons_hand_written_loop_gets_len_of_an_iterator():
@@ -552,3 +553,37 @@ def test_an_interrupted_checkpoint_save_leaves_no_temporary_file(tmp_path, monke
         checkpoint.save_checkpoint(tmp_path / "ckpt", {"step": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert checkpoint.load_checkpoint(tmp_path / "ckpt")["step"] == 1
+
+
+def test_shape_hints_for_functional_code_and_torchscript():
+    class Net(nn.Module):  # the classic wrong view after the pooling layer, in forward's own code
+        def __init__(self):
+            super().__init__()
+            self.conv, self.pool, self.fc = nn.Conv2d(1, 6, 5), nn.MaxPool2d(2), nn.Linear(320, 10)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.conv(x.view(-1, 1, 28, 28))).view(-1, 320))
+    with pytest.raises(DataError, match=r"got through MaxPool2d.*output of shape \(\d, 6, 12, 12\).*forward code"):
+        fit(Net(), md_of(), 1, crit=nn.CrossEntropyLoss(), verbose=False)
+    scripted = torch.jit.script(lesson_net())  # TorchScript modules take no hooks: fit must not need them
+    fit(scripted, md_of(), 1, optim.Adam(scripted.parameters()), nn.NLLLoss(), verbose=False)
+
+
+def test_export_edge_cases_and_the_cli_reads_a_tabular_csv_as_it_is(tmp_path, capsys):
+    from netfit import load
+    from netfit.models import mlp
+    raw = np.random.default_rng(2).normal(100, 30, size=(12, 3))
+    raw[:, 1] = 7.0                                              # a constant column: std 0
+    torch.manual_seed(0)
+    net = mlp(n_in=3, n_out=2)
+    meta = save(net, tmp_path / "t", arch="mlp", arch_kwargs={"n_in": 3, "n_out": 2}, mean=raw.mean(0), std=raw.std(0))
+    p = load(tmp_path / "t").predict_proba(raw)
+    assert np.isfinite(p).all() and meta["std"][1] == 1.0     # divided by 1, as StandardScaler does
+    (tmp_path / "rows.csv").write_text("\n".join(",".join(f"{v:.6f}" for v in r) for r in raw) + "\n")
+    assert main(["predict", "--model", str(tmp_path / "t"), str(tmp_path / "rows.csv")]) == 0
+    cli = [int(line.rsplit(": ", 1)[1]) for line in capsys.readouterr().out.splitlines()]
+    np.testing.assert_array_equal(cli, p.argmax(1))               # not divided by 255 as pixels would be
+    one = save(mlp(n_in=1, n_out=2), tmp_path / "one", mean=raw[:, :1].mean(0), std=raw[:, :1].std(0))
+    assert one["pixels"] is False and len(one["mean"]) == 1        # one feature is still per feature
+    wide = mlp(n_in=3, n_out=2).double()                           # a float64 model saves and predicts
+    save(wide, tmp_path / "w", arch="mlp", arch_kwargs={"n_in": 3, "n_out": 2}, mean=0, std=1)

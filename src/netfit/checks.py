@@ -221,14 +221,21 @@ def _forward_one(model, xb, what):
     shapes when the model cannot take `xb`."""
     was_training = model.training
     model.eval()
-    entered = []  # the layers the batch reached, with their inputs' shapes: the last one failed
-    hooks = [m.register_forward_pre_hook(lambda m, inp: entered.append((m, inp)))
-             for m in model.modules() if not list(m.children())]
+    entered, finished = [], []  # the layers the batch reached (with their inputs) and those that returned
+    hooks = []
+    if not isinstance(model, torch.jit.ScriptModule):  # TorchScript modules take no hooks
+        for m in model.modules():
+            if not list(m.children()):
+                hooks += [m.register_forward_pre_hook(lambda m, inp: entered.append((m, inp))),
+                          m.register_forward_hook(lambda m, inp, out: finished.append((m, out)))]
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             return model(xb)
     except RuntimeError as e:
-        raise _shape_error(model, xb, e, what, entered[-1] if entered else None) from e
+        last = entered[-1] if entered else None
+        if last is not None and finished and finished[-1][0] is last[0]:  # it returned: the model's own code failed
+            last = (None, finished[-1])
+        raise _shape_error(model, xb, e, what, last) from e
     finally:
         for h in hooks:
             h.remove()
@@ -250,7 +257,12 @@ def _shape_error(model, xb, e, what, last=None):
                else f"; its first layer {first} takes {first.in_channels} channels" if first is not None else "")
     layer, inputs = last if last is not None else (None, ())
     got = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-    if layer is not None and layer is not first and got is not None:  # the data got in; a later layer failed
+    if layer is None and inputs:  # every layer entered returned: the failure is in forward's own code after one
+        done, out = inputs
+        if isinstance(out, torch.Tensor):
+            expects = (f"; the batch got through {done}, whose output of shape {tuple(out.shape)} the model's "
+                       "forward code then failed on")
+    elif layer is not None and layer is not first and got is not None:  # the data got in; a later layer failed
         expects = f"; the batch got through to {layer}, which failed on its input of shape {tuple(got.shape)}"
     elif isinstance(first, nn.Conv2d) and xb.ndim == 4 and xb.shape[-1] == first.in_channels != xb.shape[1]:
         expects += (f"; the images look channels-last (N, H, W, C): put channels first with "

@@ -180,6 +180,7 @@ def train(args):
         args.data = _data_named_by(args.data_path)
     torch.manual_seed(args.seed)
     out = args.run_folder = Path(args.out or f"runs/{args.data}-{args.model}")
+    args.run_started = time.time()  # a checkpoint older than this is an earlier run's, not one to resume
     device = torch.device(args.device) if args.device else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}"
@@ -295,7 +296,7 @@ def predict(args):
     failed = []
     for path in expand(args.inputs):
         try:
-            x, labels, names = read_inputs(path, predictor.meta["input_shape"])
+            x, labels, names = read_inputs(path, predictor.meta["input_shape"], predictor.meta.get("pixels", True))
         except DataError as e:  # the other files are still predicted; the exit status says some were not
             print(f"netfit predict: error: {e}", file=sys.stderr)
             failed.append(path)
@@ -332,6 +333,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         ckpt = getattr(args, "run_folder", None)
         ckpt = ckpt / "ckpt" if ckpt is not None and (ckpt / "ckpt").exists() else None
+        if ckpt is not None and not (args.resume or ckpt.stat().st_mtime >= args.run_started):
+            ckpt = None  # interrupted before this run saved one: the file is an earlier run's
         print("netfit: interrupted" + (f"; the last checkpoint is {ckpt}: run the same command with --resume to "
                                        "continue from it" if ckpt else ""), file=sys.stderr)
         return 130

@@ -174,7 +174,8 @@ def _read_verified(folder, stem, spec):
         if path.is_file():
             try:
                 blob = path.read_bytes()
-                if path.name == stem and spec.raw_sha256 is None and spec.gz_md5 and blob[:2] != b"\x1f\x8b":
+                if (path.name == stem and spec.raw_sha256 is None and spec.gz_md5 and blob[:2] != b"\x1f\x8b"
+                        and not (folder / (stem + ".gz")).is_file()):  # a verifiable .gz beside it wins
                     # an uncompressed copy of a file whose .gz alone has a published hash (MNIST's training
                     # images): its size and IDX header can be checked, its bytes cannot
                     arr = _parse_idx(_verified(blob, dataclasses.replace(spec, gz_md5=None), path), path)

@@ -95,12 +95,13 @@ def _input_shape(model):
 
 def _check_takes(model, input_shape, folder):
     """ExportError unless `model` takes rows of `input_shape` (one forward pass of zeros, in eval mode)."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device, dtype = (first.device, first.dtype) if first is not None else (torch.device("cpu"), torch.float32)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            model(torch.zeros((2, *input_shape), device=device))
+            model(torch.zeros((2, *input_shape), device=device, dtype=dtype))
     except RuntimeError as e:
         raise ExportError(f"saving {folder}: the model cannot take rows of input_shape={input_shape} "
                           f"({str(e).splitlines()[0][:200]}); pass the shape of one training row, e.g. "
@@ -114,12 +115,16 @@ def _stat(v, name, input_shape):
     if v is None:
         return None
     a = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
-    if a.size == 1:
-        return float(a.reshape(()))
+    if not np.isfinite(a).all() or (name == "std" and a.ndim == 0 and a == 0):
+        raise ExportError(f"{name} must be finite{' and not 0' if name == 'std' else ''}; got {v!r}")
+    if a.ndim == 0:  # one number for every pixel
+        return float(a)
     n = int(np.prod(input_shape))
     if a.size != n:
         raise ExportError(f"{name} holds {a.size} values; expected one number, or one per feature ({n} for "
                           f"input_shape={input_shape})")
+    if name == "std":  # a constant column has std 0: divide it by 1, as scikit-learn's StandardScaler does
+        a = np.where(a > 0, a, 1.0)
     return a.reshape(-1).tolist()
 
 
@@ -158,10 +163,11 @@ class Predictor:
 
     def predict_proba(self, x):
         """Class probabilities (N, C) for raw inputs (N, 784) or (N, 28, 28) in [0, 1]."""
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
         with torch.no_grad():
-            out = self.model(self._prepare(x))
+            out = self.model(self._prepare(x).to(dtype))  # a float64 (or half) model gets its own dtype
         # models ending in LogSoftmax already give log-probabilities; softmax of those is exp
-        return torch.softmax(out, dim=1).numpy()
+        return torch.softmax(out.float(), dim=1).numpy()
 
     def predict(self, x):
         """Predicted label indices (N,)."""

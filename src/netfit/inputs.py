@@ -58,8 +58,9 @@ def _is_number(text):
         return False
 
 
-def read_csv(path, n_features=784):
-    """Rows of a CSV file: `(x (N, n_features) float32 in [0, 1], labels (N,) int64 or None)`."""
+def read_csv(path, n_features=784, pixels=True):
+    """Rows of a CSV file: `(x (N, n_features) float32, labels (N,) int64 or None)`; pixels in [0, 1]
+    (0-255 values divided by 255) unless `pixels=False`, which keeps tabular values as they are."""
     with open(path, newline="") as f:
         rows = [r for r in csv.reader(f) if r]
     header = rows.pop(0) if rows and not all(_is_number(v) for v in rows[0]) else None
@@ -84,9 +85,9 @@ def read_csv(path, n_features=784):
             raise DataError(f"{path}: the label column must hold class indices 0, 1, 2...; "
                             f"got values from {labels.min()} to {labels.max()}")
         labels = labels.astype(np.int64)
-    if a.min() < 0 or a.max() > 255:
+    if pixels and (a.min() < 0 or a.max() > 255):
         raise DataError(f"{path}: pixel values must be in [0, 1] or 0-255; got {a.min()} to {a.max()}")
-    x = a / 255 if a.max() > 1 else a  # 0-255 pixels, as in Kaggle's CSVs
+    x = a / 255 if pixels and a.max() > 1 else a  # 0-255 pixels, as in Kaggle's CSVs
     return x.astype(np.float32), labels
 
 
@@ -107,12 +108,15 @@ def expand(paths):
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
-def read_inputs(path, input_shape=(784,)):
-    """`(x, labels or None, names)` for an image or a CSV file; `names` label each row for printing."""
+def read_inputs(path, input_shape=(784,), pixels=True):
+    """`(x, labels or None, names)` for an image or a CSV file; `names` label each row for printing.
+    `pixels=False` (a tabular model's export) reads CSV values as they are and refuses images."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; expected an image (.png, .jpg...), a .csv or a folder of them")
     if path.suffix.lower() == ".csv":
-        x, labels = read_csv(path, math.prod(int(s) for s in input_shape))
+        x, labels = read_csv(path, math.prod(int(s) for s in input_shape), pixels)
         return x, labels, [f"{path} row {i + 1}" for i in range(len(x))]
+    if not pixels:
+        raise DataError(f"{path}: the model was exported for tabular rows; give it a .csv, not an image")
     return read_image(path, input_shape), None, [str(path)]

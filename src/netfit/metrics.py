@@ -17,9 +17,9 @@ __all__ = ["accuracy", "error_rate", "Mean"]
 def accuracy(preds, targs):
     """Fraction of rows whose argmax over classes equals the target.
 
-    preds: (N, C) scores, probabilities or log-probabilities, or (N,) predicted labels. One column
-        (N, 1) is a binary classifier's, as Keras reads it: probabilities (all in [0, 1]) are class 1
-        above 0.5, logits (any value outside [0, 1]) above 0.
+    preds: (N, C) scores, probabilities or log-probabilities, or (N,) predicted labels. One float
+        column (N, 1) is a binary classifier's P(class 1), as Keras reads a sigmoid's output: class 1
+        above 0.5 (for one logit pass `torch.sigmoid(preds)`).
     targs: (N,) integer labels (a column (N, 1) is read as (N,)).
     Works on torch tensors (returns a 0-d tensor, on the same device) and numpy arrays (returns a float).
 
@@ -33,21 +33,19 @@ def accuracy(preds, targs):
         _check_pair(preds, targs, preds.is_floating_point() and preds.ndim == 1
                     and not bool((preds == preds.round()).all()))
         if preds.ndim == 2 and preds.shape[1] == 1 and preds.is_floating_point():  # binary: one column
-            p = preds[:, 0]
-            labels = (p > (0.5 if bool(((p >= 0) & (p <= 1)).all()) else 0.0)).long()
+            labels = (preds[:, 0] > 0.5).long()
         else:
             labels = preds.argmax(dim=1) if preds.ndim > 1 else preds
         return (labels == targs).float().mean()
     preds, targs = np.asarray(preds), np.asarray(targs)
-    if targs.dtype.kind in "USO" or preds.dtype.kind in "USO":
-        raise DataError(f"accuracy compares class indices; got {'targs' if targs.dtype.kind in 'USO' else 'preds'} "
-                        f"of dtype {(targs if targs.dtype.kind in 'USO' else preds).dtype}: map names to indices "
-                        "first, e.g. classes, targs = np.unique(names, return_inverse=True)")
+    for name, a in (("targs", targs), ("preds", preds)):
+        if a.dtype.kind in "US" or (a.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in a.flat)):
+            raise DataError(f"accuracy compares class indices; got {name} holding names ({a.dtype}): map names to "
+                            "indices first, e.g. classes, targs = np.unique(names, return_inverse=True)")
     targs = targs.reshape(-1) if targs.ndim == 2 and targs.shape[1] == 1 else targs
     _check_pair(preds, targs, preds.dtype.kind == "f" and preds.ndim == 1 and not (preds == np.round(preds)).all())
     if preds.ndim == 2 and preds.shape[1] == 1 and preds.dtype.kind == "f":  # binary: one column
-        p = preds[:, 0]
-        labels = (p > (0.5 if ((p >= 0) & (p <= 1)).all() else 0.0)).astype(np.int64)
+        labels = (preds[:, 0] > 0.5).astype(np.int64)
     else:
         labels = preds.argmax(axis=1) if preds.ndim > 1 else preds
     return float((labels == targs).mean())

@@ -79,7 +79,7 @@ def show(img, title=None, ax=None, figsize=(3, 3)):
     ax.imshow(_image(img), cmap="gray")
     ax.axis("off")
     if title is not None:
-        if hasattr(title, "item") and getattr(title, "size", None) == 1:
+        if hasattr(title, "item") and math.prod(getattr(title, "shape", ())) == 1:
             title = title.item()  # a label from preds[:8] reads "3", not "tensor(3)" or "[3]"
         ax.set_title(str(title))
     return ax if given else fig
