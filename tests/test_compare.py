@@ -79,7 +79,7 @@ def test_quick_says_so_and_uses_the_quick_budget(small, capsys):
     assert [r["model"] for r in rec] == ["logreg", "forest"]
     assert "test_accuracy" not in rec[0]  # no test split given
     out = capsys.readouterr().out
-    assert out.count("QUICK MODE") == 2 and "1 epochs logreg" in out and "5 trees" in out
+    assert out.count("QUICK MODE") == 2 and "1 epoch logreg" in out and "5 trees" in out
     assert "500 of 500 valid" in out and QUICK.n_train > 1500
 
 

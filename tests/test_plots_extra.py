@@ -98,3 +98,10 @@ def test_one_image_into_your_own_axes_and_argument_mistakes():
     with pytest.raises(ValueError, match="rows must be a positive integer"):
         plots(np.random.rand(3, 28, 28), rows=0)
     plt.close("all")
+
+
+def test_plot_history_takes_the_records_metrics_json_stores():
+    from netfit import plot_history
+    fig = plot_history([{"epoch": 0, "trn_loss": 1.0, "val_loss": 0.9, "accuracy": 0.7},
+                        {"epoch": 1, "trn_loss": 0.6, "val_loss": 0.7, "accuracy": 0.8}])
+    assert len(fig.axes) == 2

@@ -315,7 +315,7 @@ def compare(models=None, data="fashion-mnist", valid=None, test=None, *, quick=F
     for i, name in enumerate(chosen):
         tag = f"[{i + 1}/{len(chosen)}] {name}:"
         if name in NETS:
-            say(f"{tag} training for {epochs_for[name]} epochs on {len(x):,} rows...")
+            say(f"{tag} training for {epochs_for[name]} epoch{'s' * (epochs_for[name] != 1)} on {len(x):,} rows...")
             result = _train_net(name, xn, y, xvn, yv, xtn, n_classes, epochs_for[name], budget, device, seed, say,
                                 tag)
         elif name == "forest":  # raw values: a forest needs no normalisation
@@ -382,7 +382,7 @@ def _quick_note(quick, budget, before, splits, epochs_for, chosen, forest_kwargs
     if not quick:
         return ""
     kept = ", ".join(f"{len(v[0]):,} of {before[k]:,} {k}" for k, v in splits.items())
-    parts = [f"{epochs_for[m]} epochs {m}" for m in chosen if m in NETS]
+    parts = [f"{epochs_for[m]} epoch{'s' * (epochs_for[m] != 1)} {m}" for m in chosen if m in NETS]
     if "cnn" in chosen and budget.cnn_channels != FULL.cnn_channels:
         parts.append(f"cnn channels {budget.cnn_channels[0]},{budget.cnn_channels[1]}")
     if "forest" in chosen:

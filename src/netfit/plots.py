@@ -124,13 +124,17 @@ def plots(ims, figsize=(12, 6), rows=2, titles=None, colors=None):
 
 
 def plot_history(history, figsize=(10, 4)):
-    """Training and validation loss per epoch, and each metric, from a `History`; returns the Figure.
+    """Training and validation loss per epoch, and each metric, from a `History` (or its list of
+    records, as metrics.json and compare.json store them); returns the Figure.
 
     Example:
         >>> from netfit.history import History
         >>> fig = plot_history(History([{"epoch": 0, "trn_loss": 1.0, "val_loss": 0.9, "accuracy": 0.7},
         ...                             {"epoch": 1, "trn_loss": 0.6, "val_loss": 0.7, "accuracy": 0.8}]))
     """
+    if isinstance(history, (list, tuple)):
+        from .history import History
+        history = History(list(history))
     epochs = history["epoch"]
     skip = {"epoch", "trn_loss", "val_loss", "time", "lr"}
     metric_keys = [k for k in history.keys() if k not in skip]
