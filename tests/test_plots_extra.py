@@ -105,3 +105,8 @@ def test_plot_history_takes_the_records_metrics_json_stores():
     fig = plot_history([{"epoch": 0, "trn_loss": 1.0, "val_loss": 0.9, "accuracy": 0.7},
                         {"epoch": 1, "trn_loss": 0.6, "val_loss": 0.7, "accuracy": 0.8}])
     assert len(fig.axes) == 2
+
+
+def test_plot_confusion_takes_a_dict_of_class_names():
+    fig = plot_confusion(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), classes={1: "b", 0: "a", 2: "c"})
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b", "c"]  # names, not the keys

@@ -224,6 +224,8 @@ def plot_confusion(preds, targs, classes=None, normalize=False, figsize=None, ti
         >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
         ['a', 'b', 'c']
     """
+    if isinstance(classes, dict):  # {label: name}: the names in label order
+        classes = [classes[k] for k in sorted(classes)]
     n_classes = None if classes is None else len(classes)
     cm = confusion_matrix(preds, targs, n_classes)
     c = len(cm)
