@@ -436,3 +436,12 @@ def test_an_uncompressed_file_with_only_a_gz_md5_is_read_with_size_and_header_ch
     (tmp_path / "raw" / STEMS[0]).write_bytes(bytes(tampered))
     (tmp_path / "raw" / (STEMS[0] + ".gz")).write_bytes(gzip.compress(data, mtime=0))  # verifiable: it wins
     check_splits(load_tiny(files, path=tmp_path / "raw"), arrays)
+
+
+def test_a_damaged_gz_does_not_block_a_good_unpacked_copy(tmp_path):
+    files, arrays = build(tmp_path / "raw", seed=4, gz=False)
+    data = idx_bytes(arrays[STEMS[0]])
+    files[STEMS[0]] = FileSpec(gz_md5=hashlib.md5(gzip.compress(data, mtime=0)).hexdigest(), raw_size=len(data))
+    (tmp_path / "raw" / (STEMS[0] + ".gz")).write_bytes(gzip.compress(data, mtime=0)[:-100])  # truncated
+    with pytest.warns(UserWarning, match="read without a hash check"):
+        check_splits(load_tiny(files, path=tmp_path / "raw"), arrays)

@@ -585,5 +585,47 @@ def test_export_edge_cases_and_the_cli_reads_a_tabular_csv_as_it_is(tmp_path, ca
     np.testing.assert_array_equal(cli, p.argmax(1))               # not divided by 255 as pixels would be
     one = save(mlp(n_in=1, n_out=2), tmp_path / "one", mean=raw[:, :1].mean(0), std=raw[:, :1].std(0))
     assert one["pixels"] is False and len(one["mean"]) == 1        # one feature is still per feature
-    wide = mlp(n_in=3, n_out=2).double()                           # a float64 model saves and predicts
+    wide = mlp(n_in=3, n_out=2).double()                           # a float64 model saves (checked in float64)
     save(wide, tmp_path / "w", arch="mlp", arch_kwargs={"n_in": 3, "n_out": 2}, mean=0, std=1)
+
+
+def test_review_edge_cases_of_the_new_checks(tmp_path):
+    from netfit.export import ExportError
+    from netfit.models import logreg as lr
+
+    class Shared(nn.Module):  # one layer called twice: the second call is the one that fails
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(784, 100)
+
+        def forward(self, x):
+            return torch.log_softmax(self.fc(torch.relu(self.fc(x))), 1)
+    with pytest.raises(DataError, match=r"got through to Linear\(in_features=784.*input of shape \(\d, 100\)"):
+        fit(Shared(), md_of(), 1, verbose=False)
+    half_scripted = nn.Sequential(torch.jit.script(nn.Linear(784, 10)), nn.LogSoftmax(dim=1))
+    fit(half_scripted, md_of(), 1, optim.Adam(half_scripted.parameters()), nn.NLLLoss(), verbose=False)
+    assert save(lr(), tmp_path / "a", mean=(0.1307,), std=(0.3081,))["mean"] == 0.1307  # torchvision's spelling
+    with pytest.raises(ExportError, match="finite and positive"):
+        save(lr(), tmp_path / "b", mean=0.1, std=-0.3)
+    with pytest.raises(DataError, match="missing"):
+        accuracy(np.eye(2)[[1, 0]], np.array([1, None], dtype=object))
+
+
+def test_review_edge_cases_of_the_plots_and_the_interrupt_hint(tmp_path, monkeypatch, capsys):
+    from netfit import cli, plot_confusion, plot_history
+    names = {str(i): f"c{i}" for i in range(12)}  # an id2label read from JSON: string keys, "10" sorts before "2"
+    fig = plot_confusion(np.arange(12), np.arange(12), classes=names)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [f"c{i}" for i in range(12)]
+    with pytest.raises(ValueError, match="every label 0..1"):
+        plot_confusion(np.array([0, 1]), np.array([0, 1]), classes={1: "a", 2: "b"})
+    metrics = {"history": [{"epoch": 0, "trn_loss": 1.0}, {"epoch": 1, "trn_loss": 0.5}]}
+    assert len(plot_history(metrics).axes) == 1                   # json.load(open("runs/x/metrics.json"))
+
+    def interrupted(args):  # Ctrl-C before this run saved a checkpoint, beside an earlier run's
+        import time
+        args.run_folder, args.run_started = tmp_path, time.time() + 60
+        raise KeyboardInterrupt
+    (tmp_path / "ckpt").write_text("an earlier run's")
+    monkeypatch.setattr(cli, "train", interrupted)
+    assert main(["train", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "netfit: interrupted"  # not "--resume" from the earlier run's file

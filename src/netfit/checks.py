@@ -221,20 +221,18 @@ def _forward_one(model, xb, what):
     shapes when the model cannot take `xb`."""
     was_training = model.training
     model.eval()
-    entered, finished = [], []  # the layers the batch reached (with their inputs) and those that returned
+    running, finished = [], []  # layers entered and not yet returned (with their inputs); the last that returned
     hooks = []
-    if not isinstance(model, torch.jit.ScriptModule):  # TorchScript modules take no hooks
-        for m in model.modules():
-            if not list(m.children()):
-                hooks += [m.register_forward_pre_hook(lambda m, inp: entered.append((m, inp))),
-                          m.register_forward_hook(lambda m, inp, out: finished.append((m, out)))]
+    for m in model.modules():
+        if not list(m.children()) and not isinstance(m, torch.jit.ScriptModule):  # TorchScript takes no hooks
+            hooks += [m.register_forward_pre_hook(lambda m, inp: running.append((m, inp))),
+                      m.register_forward_hook(lambda m, inp, out: finished.append((m, running.pop()[1], out)))]
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             return model(xb)
     except RuntimeError as e:
-        last = entered[-1] if entered else None
-        if last is not None and finished and finished[-1][0] is last[0]:  # it returned: the model's own code failed
-            last = (None, finished[-1])
+        # a layer still running failed; with none running, forward's own code failed after the last one returned
+        last = running[-1] if running else (None, finished[-1][::2]) if finished else None
         raise _shape_error(model, xb, e, what, last) from e
     finally:
         for h in hooks:
@@ -259,10 +257,10 @@ def _shape_error(model, xb, e, what, last=None):
     got = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
     if layer is None and inputs:  # every layer entered returned: the failure is in forward's own code after one
         done, out = inputs
-        if isinstance(out, torch.Tensor):
-            expects = (f"; the batch got through {done}, whose output of shape {tuple(out.shape)} the model's "
-                       "forward code then failed on")
-    elif layer is not None and layer is not first and got is not None:  # the data got in; a later layer failed
+        shape = f"of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"(a {type(out).__name__})"
+        expects = f"; the batch got through {done}, whose output {shape} the model's forward code then failed on"
+    elif layer is not None and got is not None and (layer is not first or got.shape != xb.shape):
+        # the data got in; a later layer (or the first one called again) failed
         expects = f"; the batch got through to {layer}, which failed on its input of shape {tuple(got.shape)}"
     elif isinstance(first, nn.Conv2d) and xb.ndim == 4 and xb.shape[-1] == first.in_channels != xb.shape[1]:
         expects += (f"; the images look channels-last (N, H, W, C): put channels first with "

@@ -168,24 +168,26 @@ def _verified(blob, spec, name):
 
 
 def _read_verified(folder, stem, spec):
-    """`stem` from `folder` as an array, from the first of `stem` and `stem.gz` that verifies."""
+    """`stem` from `folder` as an array, from the first of `stem.gz` and `stem` that verifies.
+
+    An unpacked `stem` whose only published hash is its .gz's (MNIST's training images) can be
+    checked by size and IDX header alone: it is read so, with a warning, when no .gz verifies."""
     errors = []
-    for path in (folder / stem, folder / (stem + ".gz")):
-        if path.is_file():
-            try:
-                blob = path.read_bytes()
-                if (path.name == stem and spec.raw_sha256 is None and spec.gz_md5 and blob[:2] != b"\x1f\x8b"
-                        and not (folder / (stem + ".gz")).is_file()):  # a verifiable .gz beside it wins
-                    # an uncompressed copy of a file whose .gz alone has a published hash (MNIST's training
-                    # images): its size and IDX header can be checked, its bytes cannot
-                    arr = _parse_idx(_verified(blob, dataclasses.replace(spec, gz_md5=None), path), path)
-                    from .data import _warn
-                    _warn(f"{path}: read without a hash check (only the .gz's MD5 is published for it; its size and "
-                          f"header are right); keep {stem}.gz beside it to have it verified")
-                    return arr
-                return _parse_idx(_verified(blob, spec, path), path)
-            except DatasetError as e:
-                errors.append(str(e))
+    for path in (folder / (stem + ".gz"), folder / stem):
+        if not path.is_file():
+            continue
+        try:
+            blob = path.read_bytes()
+            if path.name == stem and spec.raw_sha256 is None and spec.gz_md5 and blob[:2] != b"\x1f\x8b":
+                arr = _parse_idx(_verified(blob, dataclasses.replace(spec, gz_md5=None), path), path)
+                from .data import _warn
+                _warn(f"{path}: read without a hash check (only the .gz's MD5 is published for it; its size and "
+                      f"header are right)" + (f"; {errors[0]}" if errors else
+                                               f"; keep {stem}.gz beside it to have it verified"))
+                return arr
+            return _parse_idx(_verified(blob, spec, path), path)
+        except DatasetError as e:
+            errors.append(str(e))
     raise DatasetError("; ".join(errors) or f"{folder}: no {stem} or {stem}.gz")
 
 

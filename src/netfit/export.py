@@ -115,11 +115,11 @@ def _stat(v, name, input_shape):
     if v is None:
         return None
     a = np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64)
-    if not np.isfinite(a).all() or (name == "std" and a.ndim == 0 and a == 0):
-        raise ExportError(f"{name} must be finite{' and not 0' if name == 'std' else ''}; got {v!r}")
-    if a.ndim == 0:  # one number for every pixel
-        return float(a)
     n = int(np.prod(input_shape))
+    if not np.isfinite(a).all() or (name == "std" and ((a < 0).any() or (a.size == 1 and a.reshape(-1)[0] == 0))):
+        raise ExportError(f"{name} must be finite{' and positive' if name == 'std' else ''}; got {v!r}")
+    if a.ndim == 0 or (a.size == 1 and n != 1):  # one number for every pixel, also as (0.13,) or x.mean((0, 2, 3))
+        return float(a.reshape(-1)[0])
     if a.size != n:
         raise ExportError(f"{name} holds {a.size} values; expected one number, or one per feature ({n} for "
                           f"input_shape={input_shape})")

@@ -38,10 +38,12 @@ def accuracy(preds, targs):
             labels = preds.argmax(dim=1) if preds.ndim > 1 else preds
         return (labels == targs).float().mean()
     preds, targs = np.asarray(preds), np.asarray(targs)
+    preds, targs = (np.array(a.tolist()) if a.dtype.kind == "O" else a for a in (preds, targs))  # pandas' objects
     for name, a in (("targs", targs), ("preds", preds)):
-        if a.dtype.kind in "US" or (a.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in a.flat)):
-            raise DataError(f"accuracy compares class indices; got {name} holding names ({a.dtype}): map names to "
-                            "indices first, e.g. classes, targs = np.unique(names, return_inverse=True)")
+        if a.dtype.kind in "USO":
+            raise DataError(f"accuracy compares class indices; got {name} of dtype {a.dtype} (names, or missing "
+                            "values): map names to indices first, e.g. classes, targs = np.unique(names, "
+                            "return_inverse=True)")
     targs = targs.reshape(-1) if targs.ndim == 2 and targs.shape[1] == 1 else targs
     _check_pair(preds, targs, preds.dtype.kind == "f" and preds.ndim == 1 and not (preds == np.round(preds)).all())
     if preds.ndim == 2 and preds.shape[1] == 1 and preds.dtype.kind == "f":  # binary: one column

@@ -124,14 +124,16 @@ def plots(ims, figsize=(12, 6), rows=2, titles=None, colors=None):
 
 
 def plot_history(history, figsize=(10, 4)):
-    """Training and validation loss per epoch, and each metric, from a `History` (or its list of
-    records, as metrics.json and compare.json store them); returns the Figure.
+    """Training and validation loss per epoch, and each metric, from a `History`, its list of epoch
+    records, or a metrics.json as `netfit train` writes it (its "history"); returns the Figure.
 
     Example:
         >>> from netfit.history import History
         >>> fig = plot_history(History([{"epoch": 0, "trn_loss": 1.0, "val_loss": 0.9, "accuracy": 0.7},
         ...                             {"epoch": 1, "trn_loss": 0.6, "val_loss": 0.7, "accuracy": 0.8}]))
     """
+    if isinstance(history, dict) and "history" in history:  # json.load(open("runs/x/metrics.json"))
+        history = history["history"]
     if isinstance(history, (list, tuple)):
         from .history import History
         history = History(list(history))
@@ -224,8 +226,15 @@ def plot_confusion(preds, targs, classes=None, normalize=False, figsize=None, ti
         >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
         ['a', 'b', 'c']
     """
-    if isinstance(classes, dict):  # {label: name}: the names in label order
-        classes = [classes[k] for k in sorted(classes)]
+    if isinstance(classes, dict):  # {label: name}, as a model's id2label (JSON keys are strings): names in order
+        try:
+            by_label = {int(k): v for k, v in classes.items()}
+        except (TypeError, ValueError):
+            by_label = {}
+        if sorted(by_label) != list(range(len(classes))):
+            raise ValueError(f"classes as a dict must map every label 0..{len(classes) - 1} to its name; got keys "
+                             f"{list(classes)[:12]}")
+        classes = [by_label[i] for i in range(len(classes))]
     n_classes = None if classes is None else len(classes)
     cm = confusion_matrix(preds, targs, n_classes)
     c = len(cm)
