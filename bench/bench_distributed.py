@@ -12,7 +12,7 @@ with the training mean and std), Adam lr 1e-3, NLL loss, shuffling seed 0. Three
 
 Seconds per epoch are the median over the epochs after the first (the first includes warm-up),
 training plus validation, as `history["time"]` records them. The table is printed and written to
-`bench/results/distributed-<machine>-<date>.md`.
+`<--out>/distributed-<machine>-<date>.md` (default bench/results/).
 """
 import argparse
 import datetime
@@ -71,6 +71,7 @@ def main():
     p.add_argument("--models", default="logreg,mlp", help="comma-separated: logreg, mlp, cnn (default: logreg,mlp)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is not timed (default: 3)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per run (default: 900)")
+    p.add_argument("--out", default=str(HERE / "results"), help="folder for the results (default: bench/results)")
     args = p.parse_args()
     if args.worker:
         return worker(args)
@@ -90,7 +91,8 @@ def main():
         "| model | processes | threads each | batch per process | rows per step | s / epoch | val accuracy |",
         "|---|---|---|---|---|---|---|",
         *rows])
-    out = HERE / "results" / f"distributed-{machine}-{datetime.date.today()}.md"
+    out = Path(args.out) / f"distributed-{machine}-{datetime.date.today()}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.parent.mkdir(exist_ok=True)
     out.write_text(table + "\n")
     print("\n" + table + f"\n\nwrote {out}")

@@ -7,10 +7,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
-mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
 [ -d data/gpu/fashion-mnist ] && export NETFIT_DATA="$PWD/data/gpu"
-python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name())" || exit 1
+if ! python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+  echo "gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing to check" >&2
+  exit 1
+fi
+mkdir -p "$OUT"
+python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
 start=$(date +%s)
 python3 -m pytest -q -p no:cacheprovider -x tests/test_gpu.py tests/test_graphs.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15

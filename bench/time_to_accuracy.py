@@ -17,6 +17,7 @@ Issue 8's targets: test accuracy >= 0.91 within 60 s on the 2-core CPU, >= 0.93 
 import argparse
 import json
 import platform
+import sys
 import time
 
 import numpy as np
@@ -29,7 +30,8 @@ from netfit.models import cnn
 
 GPU_RECIPE = dict(grid="64,128,256@10;64,128,256@12;64,128,256@14", seeds="0,1", bs=512, lr=4e-3, amp=True,
                   smoothing=0.1, augment="shift", train_on="all", device="cuda", channels_last=True)
-CPU_RECIPE = dict(grid="24,48@4", bs=128, lr=4e-3, amp=True)  # bf16 autocast: ~30% faster on a CPU with avx512_bf16
+CPU_RECIPE = dict(grid="24,48@4", bs=128, lr=4e-3, amp=True,   # bf16 autocast: ~30% faster on a CPU with avx512_bf16
+                  channels_last=True)                           # and oneDNN's NHWC convolutions: ~17% faster again
 AUGMENTS = {"none": None, "shift": None, "flip": dict(pad=2, rotate=0, flip=True)}  # shift: RandomShift layer
 
 
@@ -96,9 +98,12 @@ def main():
     p.add_argument("--cpu-recipe", action="store_true", help=f"the CPU settings: {CPU_RECIPE}")
     p.add_argument("--out", help="also write the results as JSON here")
     args = p.parse_args()
-    if args.gpu_recipe or args.cpu_recipe:
+    if args.gpu_recipe or args.cpu_recipe:  # the recipe's settings, except those given on the command line
+        given = {a.dest for a in p._actions for opt in a.option_strings
+                 for t in sys.argv[1:] if t == opt or t.startswith(opt + "=")}
         for k, v in (GPU_RECIPE if args.gpu_recipe else CPU_RECIPE).items():
-            setattr(args, k, v)
+            if k not in given:
+                setattr(args, k, v)
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     (x, y), (xv, yv), (xt, yt) = datasets.fashion_mnist()
