@@ -91,6 +91,9 @@ def read_csv(path, n_features=784, pixels=True):
     return x.astype(np.float32), labels
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
 def expand(paths):
     """The files `paths` name, a folder standing for the images and CSVs in it (sorted)."""
     files = []
@@ -103,9 +106,6 @@ def expand(paths):
         else:
             files.append(p)
     return files
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
 def read_inputs(path, input_shape=(784,), pixels=True):
