@@ -142,7 +142,7 @@ def train(args):
     import torch
     from torch import nn, optim
     from . import __version__, datasets, distributed
-    from .data import ImageClassifierData, default_device, mean_std
+    from .data import ImageClassifierData, _device, default_device, mean_std
     from .export import save
     from .fit import fit
     from .predict import predict
@@ -181,10 +181,7 @@ def train(args):
     torch.manual_seed(args.seed)
     out = args.run_folder = Path(args.out or f"runs/{args.data}-{args.model}")
     args.run_started = time.time()  # a checkpoint older than this is an earlier run's, not one to resume
-    device = torch.device(args.device) if args.device else default_device()
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available here (torch {torch.__version__}"
-                         + (", built without CUDA)" if torch.version.cuda is None else ", no GPU found)"))
+    device = _device(args.device) if args.device else default_device()  # a device not here: one sentence
     if main_rank:
         _check_resume(args, out)
         if out.exists() and not out.is_dir():

@@ -456,8 +456,9 @@ def _device(device):
         raise DataError(f"device {device!r} is not a torch device; expected 'cpu', 'cuda', 'cuda:1', 'mps' or "
                         "default_device()") from None
     if d.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"device {device!r}: this machine's PyTorch sees no CUDA GPU (torch.cuda.is_available() is "
-                        "False); use device=default_device(), which picks the CPU here")
+        raise DataError(f"device {device!r}: CUDA is not available here: this machine's PyTorch sees no CUDA GPU "
+                        f"(torch {torch.__version__}, {'built without CUDA' if torch.version.cuda is None else 'no GPU found'}"
+                        "); use device=default_device(), which picks the CPU here")
     if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
         raise DataError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA GPUs here, numbered from 0")
     if d.type == "mps" and not torch.backends.mps.is_available():

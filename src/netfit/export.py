@@ -94,20 +94,16 @@ def _input_shape(model):
 
 
 def _check_takes(model, input_shape, folder):
-    """ExportError unless `model` takes rows of `input_shape` (one forward pass of zeros, in eval mode)."""
+    """ExportError unless `model` takes rows of `input_shape` (fit's one forward pass of zeros, in eval mode)."""
+    from .checks import _forward_one
+    from .data import DataError
     first = next((p for p in model.parameters() if p.is_floating_point()), None)
     device, dtype = (first.device, first.dtype) if first is not None else (torch.device("cpu"), torch.float32)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            model(torch.zeros((2, *input_shape), device=device, dtype=dtype))
-    except RuntimeError as e:
-        raise ExportError(f"saving {folder}: the model cannot take rows of input_shape={input_shape} "
-                          f"({str(e).splitlines()[0][:200]}); pass the shape of one training row, e.g. "
-                          "input_shape=x.shape[1:]") from None
-    finally:
-        model.train(was_training)
+        _forward_one(model, torch.zeros((2, *input_shape), device=device, dtype=dtype), "input_shape")
+    except DataError as e:
+        raise ExportError(f"saving {folder}: the model cannot take rows of input_shape={input_shape} ({e}); pass "
+                          "the shape of one training row, e.g. input_shape=x.shape[1:]") from None
 
 
 def _stat(v, name, input_shape):
