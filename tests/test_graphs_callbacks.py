@@ -1,6 +1,8 @@
 """The graphed training path (graphs.py, fit._train_epoch_graphed) against the eager loop where
 callbacks change the batch, cancel, or make the graph give up mid-epoch. CPU tests use the static-buffer stand-in (graphs._STATIC_ON_CPU), like
 tests/test_graphs.py; the `gpu` tests need a real capture and are skipped without CUDA."""
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,8 @@ from netfit import CancelBatch, CancelEpoch, ImageClassifierData, NonFiniteLossE
 from netfit import graphs
 from netfit.augment import Augment
 from netfit.models import logreg, mlp
+
+fit_module = importlib.import_module("netfit.fit")
 
 
 def data(n=1000, n_valid=200, bs=64, seed=0, device="cpu"):
@@ -22,6 +26,7 @@ def data(n=1000, n_valid=200, bs=64, seed=0, device="cpu"):
 def train(make, static, monkeypatch, epochs=2, callbacks=None, schedule=None, **kw):
     # 1000 rows, bs 64: batches 0..14 full (0-2 warm-up, 3 capture, 4.. static), batch 15 short (40 rows)
     monkeypatch.setattr(graphs, "_STATIC_ON_CPU", static)
+    monkeypatch.setattr(fit_module, "mlp_plan", lambda *a: (None, "not on a CUDA GPU (test: no written-out step)"))
     torch.manual_seed(0)
     net = make()
     h = fit(net, data(), epochs, optim.Adam(net.parameters(), 1e-2), nn.NLLLoss(), [accuracy],

@@ -32,7 +32,9 @@ from .distributed import rank as dist_rank
 from .distributed import setup as dist_setup
 from .distributed import shared_seed as dist_shared_seed
 from .distributed import world as dist_world
-from .graphs import GraphedStep, graph_plan
+from . import graphs
+from .analytic import MLPStep, mlp_plan
+from .graphs import GraphedStep, graph_plan, step_plan
 from .history import History, _metric_name, _Progress, _table_header, _table_row
 from .metrics import Mean
 
@@ -269,10 +271,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                 _warn(f"{checkpoint} already holds {start_epoch} epochs and epochs={int(epochs)}: nothing left to "
                       "train (pass a larger epochs to train on)")
     history.info["seed"] = run.seed
-    why_not = graph_plan(run, trn_dl, callbacks, fast)
-    graphed = None if why_not else GraphedStep(model, opt, crit, trn_dl, run.amp_dtype, device.type == "cuda")
-    history.info["step"] = (f"eager: {why_not}" if why_not else
-                            "cuda graph" if device.type == "cuda" else "static buffers, no capture (CPU)")
+    graphed, history.info["step"] = _stepper(run, trn_dl, callbacks, fast)
     keys = ["epoch", "trn_loss"] + (["val_loss"] + [_metric_name(m) for m in metrics] if val_dl is not None else []) + ["time"]
     progress = _Progress(verbose and rank == 0, _n_batches(trn_dl, rank, world))
     if verbose and verbose > 1 and rank == 0:
@@ -301,7 +300,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                     done = run.epoch_losses  # the graphed loop sets trn_loss itself
                     run.record.setdefault("trn_loss", done.value if done is not None and done.n else float("nan"))
                 if graphed is not None and graphed.why_not:  # the graph gave up: the rest of the fit runs eagerly
-                    history.info["step"] = f"eager: {graphed.why_not} (graphed until epoch {epoch})"
+                    history.info["step"] = f"eager: {graphed.why_not} ({graphed.ran} until epoch {epoch})"
                     graphed = None
                 resume_at = None
                 if val_dl is not None:
@@ -337,6 +336,28 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     if world > 1:  # the files rank 0 wrote (checkpoint, SaveBest...) are complete before any rank reads them
         dist_barrier()
     return history
+
+
+def _stepper(run, dl, callbacks, fast):
+    """The step `_train_epoch_graphed` runs (None: the eager loop) and what `history.info["step"]` says.
+
+    On a GPU, the step captured in a CUDA graph (graphs.py); on the CPU, the lesson's MLPs with their
+    gradient written out (analytic.py); the eager loop for everything else, with the reason.
+    """
+    if run.device.type == "cpu" and fast and not graphs._STATIC_ON_CPU:
+        why_not = step_plan(run, dl, callbacks)
+        plan, why_not = (None, why_not) if why_not else mlp_plan(run.model, run.crit, run.opt, dl, run.amp_dtype)
+        if why_not:
+            return None, f"eager: {why_not}"
+        step = MLPStep(run.model, run.opt, run.crit, dl, plan)
+        how = ("its fused kernel called directly" if step.kernel is not None and all(g.get("fused") for g in run.opt.param_groups)
+               else "opt.step()")
+        return step, f"MLP gradient written out (CPU), {type(run.opt).__name__} through {how}"
+    why_not = graph_plan(run, dl, callbacks, fast)
+    if why_not:
+        return None, f"eager: {why_not}"
+    return (GraphedStep(run.model, run.opt, run.crit, dl, run.amp_dtype, run.device.type == "cuda"),
+            "cuda graph" if run.device.type == "cuda" else "static buffers, no capture (CPU)")
 
 
 def _n_batches(dl, rank, world):
@@ -475,7 +496,7 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
                 run.preds, run.loss = gs.preds, gs.loss
                 rows_done += rows
                 run.step += 1
-                if (i + 1) % 32 == 0 or i + 1 == n:
+                if (i + 1) % gs.check_every == 0 or i + 1 == n:
                     _check_graphed(run, gs)
                 emit("after_batch")
             except CancelBatch:
@@ -499,7 +520,9 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
 def _check_graphed(run, gs):
     """Raise NonFiniteLossError if a loss in the graphed steps so far was NaN/inf (one host read)."""
     if gs.bad.item():
-        raise _non_finite_error(run, "non-finite", f"epoch {run.epoch}, within the 32 batches up to batch {run.batch}")
+        where = (f"epoch {run.epoch}, batch {run.batch} (optimizer step {run.step - 1})" if gs.check_every == 1 else
+                 f"epoch {run.epoch}, within the {gs.check_every} batches up to batch {run.batch}")
+        raise _non_finite_error(run, gs.loss.item() if gs.check_every == 1 else "non-finite", where)
 
 
 def _in_lockstep(batches, dl, first, world):

@@ -32,13 +32,41 @@ import torch
 
 from .data import ArrayLoader
 
-__all__ = ["GraphedStep", "graph_plan"]
+__all__ = ["GraphedStep", "graph_plan", "step_plan"]
 
 _IN_STEP = ("after_loss", "after_backward", "before_step")  # events inside the step; a replay cannot call them
 _HYPER = ("betas", "momentum", "weight_decay", "eps", "dampening", "nesterov", "amsgrad", "maximize")
 _STATIC_ON_CPU = False  # tests set this: the same static-buffer path without capture, on the CPU
 WARMUP = 3              # eager steps before capture (lazy state: optimizer moments, cuBLAS workspaces)
 MAX_RECAPTURES = 3
+
+
+def step_plan(run, dl, callbacks):
+    """None when `fit` may train outside its eager loop (through `_train_epoch_graphed`), else why not.
+
+    What any stepper there needs: one process, one batch per optimizer step, a bf16 or no autocast,
+    NaN checks that may stop the fit, no mid-epoch checkpoints, an `ArrayLoader` over (x, y) tensors
+    on the model's device, and no callback handling an event inside the step.
+    """
+    if run.world > 1:
+        return "distributed (DDP) training"
+    if run.accumulate > 1:
+        return "gradient accumulation"
+    if run.scaler is not None:
+        return "float16 autocast with a gradient scaler (use bfloat16)"
+    if run.on_nan != "raise":
+        return f"on_nan={run.on_nan!r} (skipping a step needs a host check per step)"
+    if run.checkpoint_every:
+        return "checkpoint_every (mid-epoch saves)"
+    if getattr(type(dl), "batches", None) is not ArrayLoader.batches or dl.y is None:
+        return f"the training data is a {type(dl).__name__}, not an ArrayLoader over (x, y) tensors"
+    if dl.x.device != run.device:
+        return f"the training tensors are on {dl.x.device}, the model on {run.device}"
+    for cb in callbacks:
+        for event in _IN_STEP:
+            if callable(getattr(cb, event, None)) and not (event == "before_step" and getattr(cb, "graph_safe", False)):
+                return f"callback {type(cb).__name__} handles {event}, which a captured step cannot call"
+    return None
 
 
 def graph_plan(run, dl, callbacks, fast):
@@ -57,27 +85,12 @@ def graph_plan(run, dl, callbacks, fast):
         return "fast=False"
     if run.device.type != "cuda" and not (_STATIC_ON_CPU and run.device.type == "cpu"):
         return "not on a CUDA GPU"
-    if run.world > 1:
-        return "distributed (DDP) training"
-    if run.accumulate > 1:
-        return "gradient accumulation"
-    if run.scaler is not None:
-        return "float16 autocast with a gradient scaler (use bfloat16)"
-    if run.on_nan != "raise":
-        return f"on_nan={run.on_nan!r} (skipping a step needs a host check per step)"
-    if run.checkpoint_every:
-        return "checkpoint_every (mid-epoch saves)"
-    if getattr(type(dl), "batches", None) is not ArrayLoader.batches or dl.y is None:
-        return f"the training data is a {type(dl).__name__}, not an ArrayLoader over (x, y) tensors"
-    if dl.x.device != run.device:
-        return f"the training tensors are on {dl.x.device}, the model on {run.device}"
+    why_not = step_plan(run, dl, callbacks)
+    if why_not:
+        return why_not
     groups = run.opt.param_groups
     if type(run.opt).__name__ not in ("Adam", "AdamW", "SGD") or not all(g.get("fused") for g in groups):
         return f"{type(run.opt).__name__} is not a stock Adam, AdamW or SGD on its fused kernel"
-    for cb in callbacks:
-        for event in _IN_STEP:
-            if callable(getattr(cb, event, None)) and not (event == "before_step" and getattr(cb, "graph_safe", False)):
-                return f"callback {type(cb).__name__} handles {event}, which a captured step cannot call"
     return None
 
 
@@ -107,6 +120,8 @@ class GraphedStep:
         >>> gs.load(None, 0); gs.step(), gs.loss.shape
         (True, torch.Size([]))
     """
+    ran = "graphed"   # what history.info["step"] says ran before the graph gave up
+    check_every = 32  # steps between host reads of the non-finite flag (each one waits for the GPU)
 
     def __init__(self, model, opt, crit, dl, amp_dtype, capture=True):
         self.model, self.opt, self.crit, self.capture = model, opt, crit, capture

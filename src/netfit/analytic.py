@@ -1,0 +1,228 @@
+"""The CPU training step of a plain MLP with its gradient written out: no autograd, no optimizer wrapper.
+
+On a CPU the lesson's small models spend most of a step on overhead, not arithmetic: autograd
+records and replays a node per op, and `Optimizer.step`'s Python wrapper (hooks, profiler record,
+grouping tensors by device) costs ~100 µs around a fused Adam kernel of ~50 µs. For an
+`nn.Sequential` of Linear layers with ReLU between them (an optional `Flatten` first; or one
+`nn.Linear`), ending in
+`LogSoftmax` with `NLLLoss`, or in the last Linear (or LogSoftmax) with `CrossEntropyLoss`, the
+gradient of the mean loss is short:
+
+    z_k = W_k @ h_{k-1} + b_k,   h_k = relu(z_k),   p = softmax(z_L)     # activations (features, N)
+    dz_L = (p - onehot(y)) / N
+    dW_k = dz_k @ h_{k-1}.T,   db_k = dz_k.sum(1),   dz_{k-1} = (W_k.T @ dz_k) * (h_{k-1} > 0)
+
+`MLPStep` computes that under `no_grad` in the transposed layout (features x batch: MKL is faster
+on this shape for the thin last layer, and softmax runs along the long axis), then updates the
+weights with the fused kernel a stock Adam/AdamW runs inside `opt.step()`, called directly with the
+optimizer's own state; any other optimizer gets the gradients in `p.grad` and its own `opt.step()`.
+Weights match the autograd step to float rounding (tests/test_analytic.py).
+
+`mlp_plan` says whether a model, loss and loader qualify and, if not, why (`history.info["step"]`).
+`fit` takes this path on the CPU when `graphs.step_plan` allows a step outside its eager loop (no
+callback handling `after_loss`/`after_backward`/`before_step`, no accumulation...); a callback that
+changes the batch's shape or freezes a layer hands the rest of the fit to the eager loop.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules import module as _module
+from torch.optim import optimizer as _optimizer
+
+from .graphs import GraphedStep
+
+__all__ = ["MLPStep", "mlp_plan"]
+
+_GLOBAL_MODULE_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                        "_global_backward_pre_hooks")
+
+
+def _layers(model):
+    """(flatten, linears, ends_in_log_softmax), or a string saying why `model` is not such an MLP."""
+    if type(model) is not nn.Sequential and type(model) is not nn.Linear:
+        return f"the model is a {type(model).__name__}, not an nn.Sequential"
+    mods = list(model) if type(model) is nn.Sequential else [model]
+    flatten = bool(mods) and type(mods[0]) is nn.Flatten
+    if flatten and (mods[0].start_dim, mods[0].end_dim) != (1, -1):
+        return "the model's Flatten does not flatten every dim after the first"
+    body = mods[1:] if flatten else mods
+    log_softmax = bool(body) and type(body[-1]) is nn.LogSoftmax
+    if log_softmax:
+        if body[-1].dim not in (None, 1, -1):
+            return f"the model's LogSoftmax runs over dim {body[-1].dim}, not over the classes"
+        body = body[:-1]
+    linears, relus = body[0::2], body[1::2]
+    if (not body or len(body) % 2 == 0 or any(type(m) is not nn.Linear for m in linears)
+            or any(type(m) is not nn.ReLU for m in relus)):
+        return "the model is not Linear layers with ReLU between them"
+    return flatten, linears, log_softmax
+
+
+def mlp_plan(model, crit, opt, dl, amp_dtype):
+    """`((flatten, linears, log_probs), None)` when `MLPStep` can train `model`, else `(None, why not)`.
+
+    Example:
+        >>> from netfit.data import ArrayLoader
+        >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2), nn.LogSoftmax(dim=1))
+        >>> dl = ArrayLoader(torch.randn(8, 4), torch.arange(8) % 2, bs=4)
+        >>> opt = torch.optim.Adam(net.parameters())
+        >>> plan, why = mlp_plan(net, nn.NLLLoss(), opt, dl, None)
+        >>> len(plan[1]), why
+        (2, None)
+        >>> mlp_plan(nn.Sequential(nn.Linear(4, 2), nn.Tanh()), nn.CrossEntropyLoss(), opt, dl, None)[1]
+        'the model is not Linear layers with ReLU between them'
+    """
+    if amp_dtype:
+        return None, f"{amp_dtype} autocast"
+    layers = _layers(model)
+    if isinstance(layers, str):
+        return None, layers
+    flatten, linears, log_softmax = layers
+    if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+           for m in model.modules()) or any(getattr(_module, h, None) for h in _GLOBAL_MODULE_HOOKS):
+        return None, "the model has hooks"
+    if type(crit) is nn.NLLLoss or crit is F.nll_loss:
+        if not log_softmax:
+            return None, "NLLLoss on a model that does not end in LogSoftmax"
+    elif not (type(crit) is nn.CrossEntropyLoss or crit is F.cross_entropy):
+        return None, f"the loss is {getattr(crit, '__name__', type(crit).__name__)}, not NLLLoss or CrossEntropyLoss"
+    if isinstance(crit, nn.Module) and (crit.weight is not None or crit.reduction != "mean" or crit.ignore_index != -100
+                                        or getattr(crit, "label_smoothing", 0.0)):
+        return None, "the loss has class weights, label smoothing, an ignore_index or a reduction other than mean"
+    params = [p for m in linears for p in m.parameters()]
+    dtype = params[0].dtype
+    if any(p.dtype != dtype or p.dtype not in (torch.float32, torch.float64) or p.device.type != "cpu"
+           or not p.is_contiguous() or p.is_sparse or p._backward_hooks or p._post_accumulate_grad_hooks
+           for p in params):
+        return None, "the model's weights are not contiguous float tensors on the CPU without hooks"
+    mine = {id(p) for p in params}
+    if any(id(p) not in mine for g in opt.param_groups for p in g["params"]):
+        return None, "the optimizer holds tensors that are not the model's Linear weights"
+    if dl.x.dtype != dtype or dl.y.dtype != torch.int64 or dl.y.dim() != 1 or (dl.x.dim() != 2 and not flatten):
+        return None, f"the data is {dl.x.dtype} of {dl.x.dim()} dims with {dl.y.dtype} labels"
+    return (flatten, linears, log_softmax), None
+
+
+class MLPStep(GraphedStep):
+    """`GraphedStep`'s interface (static buffers, `step`, `eager`, device-side loss sum) with the
+    gradient of `mlp_plan`'s MLPs written out and the optimizer's fused kernel called directly.
+
+    Example:
+        >>> from netfit.data import ArrayLoader
+        >>> net = nn.Sequential(nn.Linear(4, 2), nn.LogSoftmax(dim=1))
+        >>> opt = torch.optim.Adam(net.parameters(), fused=True)
+        >>> dl = ArrayLoader(torch.randn(8, 4), torch.arange(8) % 2, bs=4)
+        >>> gs = MLPStep(net, opt, nn.NLLLoss(), dl, mlp_plan(net, nn.NLLLoss(), opt, dl, None)[0])
+        >>> gs.start_epoch(); gs.load(None, 0); gs.step(), gs.preds.shape
+        (True, torch.Size([4, 2]))
+    """
+    ran = "gradient written out"
+    check_every = 1  # a host read of the loss costs ~1 µs here: check every step, before the update
+
+    def __init__(self, model, opt, crit, dl, plan):
+        super().__init__(model, opt, crit, dl, None, capture=False)
+        self.flatten, self.linears, self.log_probs = plan
+        last = self.linears[-1]
+        self.onehot = torch.eye(last.out_features, dtype=last.weight.dtype)  # column c is class c's one-hot
+        self.kernel = {torch.optim.Adam: torch._fused_adam_, torch.optim.AdamW: torch._fused_adamw_}.get(type(opt))
+
+    def load(self, order, i):
+        """Batch i of this epoch into `x`/`y` as new tensors, as the eager loop gives them (a callback
+        may keep `run.xb`: unlike a CUDA graph, nothing here needs the same buffer every step)."""
+        bs, dl = self.bs, self.dl
+        if order is None:
+            self.x, self.y = dl.x[i * bs:(i + 1) * bs], dl.y[i * bs:(i + 1) * bs]
+        else:
+            idx = order[i * bs:(i + 1) * bs]
+            self.x, self.y = dl.x.index_select(0, idx), dl.y.index_select(0, idx)
+
+    def step(self, xb=None, yb=None):
+        """Train on a batch (default: the static buffers `load` filled); False (and `why_not`) when
+        the batch or the model no longer fits this path, with nothing trained."""
+        xb = self.x if xb is None else xb
+        yb = self.y if yb is None else yb
+        if (xb.dtype != self.x.dtype or xb.shape[1:] != self.x.shape[1:] or yb.dtype != torch.int64 or yb.dim() != 1
+                or len(yb) != len(xb) or xb.device != self.x.device):
+            self.why_not = (f"a callback changed the batch to {tuple(xb.shape)} {xb.dtype} with {tuple(yb.shape)} "
+                            f"{yb.dtype} labels")
+            return False
+        if not all(p.requires_grad for p in self.params):
+            self.why_not = "a callback froze some of the optimizer's parameters"
+            return False
+        self._train(xb, yb)
+        return True
+
+    def eager(self, xb, yb):
+        """The short last batch: through this step too, unless it gave up (then autograd's)."""
+        if self.why_not or not self.step(xb, yb):
+            super().eager(xb, yb)
+
+    def _train(self, xb, yb):
+        n, last = len(yb), len(self.linears) - 1
+        with torch.no_grad():
+            h = xb.reshape(n, -1).t() if self.flatten else xb.t()  # (features, N): a view
+            acts = [h]
+            for k, lin in enumerate(self.linears):
+                z = torch.addmm(lin.bias[:, None], lin.weight, h) if lin.bias is not None else lin.weight.mm(h)  # (out, N)
+                if k < last:
+                    h = torch.relu(z)
+                    acts.append(h)
+            logp = torch.log_softmax(z, 0)                       # (C, N)
+            loss = F.nll_loss(logp.t(), yb)
+            self.preds, self.loss = (logp if self.log_probs else z).t(), loss  # what the model returns, (N, C)
+            if not math.isfinite(loss.item()):
+                self.bad.add_(1)  # the loop raises NonFiniteLossError before any update
+                return
+            self.total.add_(loss, alpha=n)
+            g = logp.exp()
+            g.sub_(self.onehot.index_select(1, yb)).div_(n)      # dL/dz, (C, N)
+            grads = {}
+            for k in range(last, -1, -1):
+                lin, h = self.linears[k], acts[k]
+                grads[lin.weight] = g.mm(h.t())                  # (out, in)
+                if lin.bias is not None:
+                    grads[lin.bias] = g.sum(1)                   # (out,)
+                if k:
+                    g = torch.ops.aten.threshold_backward(lin.weight.t().mm(g), h, 0)  # (in, N), zero where relu was
+        self._update(grads)
+
+    def _update(self, grads):
+        """Apply `grads` ({param: gradient}) as `opt.step()` would."""
+        opt = self.opt
+        if self._direct():
+            with torch.no_grad():
+                for group in opt.param_groups:
+                    params = group["params"]
+                    state = [opt.state[p] for p in params]
+                    steps = [s["step"] for s in state]
+                    torch._foreach_add_(steps, 1)  # as torch.optim.adam._fused_adam does before its kernel
+                    beta1, beta2 = group["betas"]
+                    self.kernel(params, [grads[p] for p in params], [s["exp_avg"] for s in state],
+                                [s["exp_avg_sq"] for s in state], [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+                                weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
+                                maximize=group["maximize"])
+            return
+        for p in self.params:
+            p.grad = grads.get(p)
+        opt.step()
+        self._drop_grads()
+
+    def _direct(self):
+        """True when calling the fused kernel is exactly what `opt.step()` would do now."""
+        opt = self.opt
+        if (self.kernel is None or "step" in vars(opt) or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+                or _optimizer._global_optimizer_pre_hooks or _optimizer._global_optimizer_post_hooks):
+            return False
+        for group in opt.param_groups:
+            if (not group.get("fused") or group.get("amsgrad") or group.get("capturable") or group.get("differentiable")
+                    or isinstance(group["lr"], torch.Tensor) or any(isinstance(b, torch.Tensor) for b in group["betas"])
+                    or group.get("decoupled_weight_decay", self.kernel is torch._fused_adamw_)
+                    != (self.kernel is torch._fused_adamw_)):
+                return False
+            for p in group["params"]:
+                s = opt.state.get(p)
+                if not s or "step" not in s:  # the first step creates the state: through opt.step()
+                    return False
+        return True

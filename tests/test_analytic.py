@@ -1,0 +1,204 @@
+"""The CPU step with the MLP gradient written out (analytic.py) against its twin, autograd's eager loop:
+the same weights, optimizer state, losses and events; `mlp_plan` keeps every other model eager."""
+import importlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn, optim
+
+from netfit import ImageClassifierData, NonFiniteLossError, accuracy, fit, one_cycle
+from netfit.analytic import MLPStep, mlp_plan
+from netfit.data import ArrayLoader
+from netfit.models import logreg, mlp
+
+fit_module = importlib.import_module("netfit.fit")
+
+
+def data(n=1000, n_valid=200, bs=64, seed=0, dims=(784,)):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n + n_valid, 784)).astype(np.float32)
+    y = (x @ rng.normal(size=(784, 10))).argmax(1).astype(np.int64)
+    x = x.reshape(-1, *dims)
+    return ImageClassifierData.from_arrays(".", (x[:n], y[:n]), (x[n:], y[n:]), bs=bs, device="cpu")
+
+
+def train(make, written, monkeypatch, epochs=2, opt=lambda ps: optim.Adam(ps, 1e-2), crit=None, dims=(784,),
+          verbose=False, **kw):
+    """Fit from a fixed init; `written=False` forces autograd's eager loop (the reference)."""
+    with monkeypatch.context() as m:
+        if not written:
+            m.setattr(fit_module, "mlp_plan", lambda *a: (None, "test: autograd"))
+        torch.manual_seed(0)
+        net = make()
+        o = opt(net.parameters())
+        h = fit(net, data(dims=dims), epochs, o, crit or nn.NLLLoss(), [accuracy], verbose=verbose, seed=1, **kw)
+    assert h.info["step"].startswith("MLP gradient written out") == written, h.info["step"]
+    return net, o, h
+
+
+def assert_twins(a, b, atol=2e-6):
+    (net_a, opt_a, h_a), (net_b, opt_b, h_b) = a, b
+    for (k, p), q in zip(net_a.state_dict().items(), net_b.state_dict().values()):
+        torch.testing.assert_close(p, q, atol=atol, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    for sa, sb in zip(opt_a.state.values(), opt_b.state.values()):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], atol=atol, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+    np.testing.assert_allclose(h_a["trn_loss"], h_b["trn_loss"], rtol=1e-5)
+    np.testing.assert_allclose(h_a["accuracy"], h_b["accuracy"], atol=0.006)  # one validation row in 200
+
+
+def flat_mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 16, bias=False), nn.ReLU(),
+                         nn.Linear(16, 10), nn.LogSoftmax())  # dim=None, as the lesson writes it
+
+
+CASES = {
+    "logreg-Adam": dict(make=logreg),
+    "mlp-AdamW-wd": dict(make=mlp, opt=lambda ps: optim.AdamW(ps, 3e-3, weight_decay=0.05)),
+    "mlp-SGD-momentum-wd (opt.step)": dict(make=mlp, opt=lambda ps: optim.SGD(ps, 0.05, momentum=0.9, weight_decay=1e-3)),
+    "logits-CrossEntropy": dict(make=lambda: nn.Linear(784, 10), crit=nn.CrossEntropyLoss()),
+    "logsoftmax-CrossEntropy": dict(make=logreg, crit=F.cross_entropy),
+    "flatten-images-nobias": dict(make=flat_mlp, dims=(1, 28, 28)),
+    "Adam-maximize-l2": dict(make=logreg, opt=lambda ps: optim.Adam(ps, 1e-3, weight_decay=0.01, maximize=True)),
+    "Adam-two-groups": dict(make=mlp, opt=lambda ps: optim.Adam([{"params": list(ps)[:2], "lr": 1e-3},
+                                                                  {"params": []}], 1e-2)),
+    "one_cycle-with-moms": dict(make=mlp, schedule=None),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_written_out_step_trains_like_autograd(case, monkeypatch):
+    kw = dict(CASES[case])
+    if case == "Adam-two-groups":  # the second group takes the other layers
+        def two(ps):
+            ps = list(ps)
+            return optim.Adam([{"params": ps[:2], "lr": 1e-3}, {"params": ps[2:]}], 1e-2)
+        kw["opt"] = two
+    if case == "one_cycle-with-moms":  # Adam's betas change every step: read afresh each step
+        kw.pop("schedule")
+        runs = [train(written=w, monkeypatch=monkeypatch, schedule=one_cycle(1e-2), **kw) for w in (False, True)]
+    else:
+        runs = [train(written=w, monkeypatch=monkeypatch, **kw) for w in (False, True)]
+    # a hidden layer: a few gradient elements near 0 where Adam's m/sqrt(v) magnifies rounding (1 in 78,400 here)
+    assert_twins(*runs, atol=3e-5 if kw["make"] in (mlp, flat_mlp) else 2e-6)
+
+
+def test_history_says_which_step_and_kernel_ran(monkeypatch, capsys):
+    net, opt, h = train(logreg, True, monkeypatch, epochs=1, verbose=2)
+    assert h.info["step"] == "MLP gradient written out (CPU), Adam through its fused kernel called directly"
+    assert "training step: MLP gradient written out" in capsys.readouterr().out
+    _, _, h = train(mlp, True, monkeypatch, epochs=1, opt=lambda ps: optim.RMSprop(ps, 1e-3))
+    assert h.info["step"].endswith("RMSprop through opt.step()")
+
+
+@pytest.mark.parametrize("make,crit,kw,reason", [
+    (lambda: nn.Sequential(nn.Linear(784, 10), nn.Tanh(), nn.Linear(10, 10), nn.LogSoftmax(1)), None, {},
+     "not Linear layers with ReLU"),
+    (lambda: nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10), nn.LogSoftmax(1)), None,
+     {}, "not Linear layers with ReLU"),
+    (logreg, nn.CrossEntropyLoss(label_smoothing=0.1), {}, "label smoothing"),
+    (logreg, nn.NLLLoss(weight=torch.ones(10)), {}, "class weights"),
+    (logreg, None, {"amp": True}, "bfloat16 autocast"),
+    (logreg, None, {"accumulate": 2}, "gradient accumulation"),
+    (logreg, None, {"fast": False}, "fast=False"),
+])
+def test_other_models_and_settings_stay_on_autograd(make, crit, kw, reason, monkeypatch):
+    torch.manual_seed(0)
+    net = make()
+    h = fit(net, data(), 1, optim.Adam(net.parameters()), crit, verbose=False, **kw)
+    assert h.info["step"].startswith("eager: ") and reason in h.info["step"], h.info["step"]
+
+
+def test_hooks_and_in_step_callbacks_keep_autograd():
+    net = logreg()
+    net[0].register_forward_hook(lambda m, i, o: None)
+    h = fit(net, data(), 1, verbose=False)
+    assert h.info["step"] == "eager: the model has hooks"
+
+    class Clip:
+        def after_backward(self, run):
+            nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+    h = fit(mlp(), data(), 1, callbacks=[Clip()], verbose=False)
+    assert "Clip handles after_backward" in h.info["step"]
+
+
+def test_optimizer_hooks_run_through_opt_step(monkeypatch):
+    torch.manual_seed(0)
+    net = logreg()
+    opt = optim.Adam(net.parameters(), 1e-2)
+    calls = []
+    opt.register_step_post_hook(lambda o, a, k: calls.append(1))
+    h = fit(net, data(), 1, opt, verbose=False)
+    assert h.info["step"].startswith("MLP gradient written out")
+    assert len(calls) == h.info["batches_per_epoch"] == 16  # every step went through opt.step()
+
+
+def test_batches_are_new_tensors_a_callback_may_keep(monkeypatch):
+    kept = []
+
+    class Keep:
+        def before_batch(self, run):
+            kept.append((run.xb, run.yb))
+    md = data()
+    fit(logreg(), md, 1, callbacks=[Keep()], verbose=False, seed=3)
+    order = md.trn_dl.order(3)
+    xs = torch.cat([x for x, _ in kept])
+    assert torch.equal(xs, md.trn_dl.x[order]) and torch.equal(torch.cat([y for _, y in kept]), md.trn_dl.y[order])
+
+
+def test_non_finite_loss_stops_before_the_update():
+    class Poison:
+        def before_batch(self, run):
+            if run.batch == 5:
+                run.xb = torch.full_like(run.xb, float("nan"))
+            if run.batch == 4:
+                self.before = [p.detach().clone() for p in run.model.parameters()]
+
+        def after_batch(self, run):
+            self.after = [p.detach().clone() for p in run.model.parameters()]
+    p = Poison()
+    with pytest.raises(NonFiniteLossError, match=r"epoch 0, batch 5 \(optimizer step 5\)"):
+        fit(mlp(), data(), 1, callbacks=[p], verbose=False)
+    assert all(not torch.isnan(a).any() for a in p.after)  # after batch 4: the NaN batch never stepped
+
+
+def test_freezing_a_layer_mid_fit_hands_over_to_autograd(monkeypatch):
+    class Freeze:
+        def before_batch(self, run):
+            if run.epoch == 1 and run.batch == 0:
+                run.model[0].requires_grad_(False)
+                self.w = run.model[0].weight.detach().clone()
+    f = Freeze()
+    net = mlp()
+    h = fit(net, data(), 2, optim.SGD(net.parameters(), 0.1), callbacks=[f], verbose=False)
+    assert h.info["step"].startswith("eager: a callback froze") and "until epoch 1" in h.info["step"]
+    assert torch.equal(net[0].weight, f.w)
+
+
+def test_checkpoint_resume_across_the_two_steps(monkeypatch, tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    full = train(mlp, True, monkeypatch, epochs=3)
+    train(mlp, True, monkeypatch, epochs=2, checkpoint=ckpt)
+    resumed = train(mlp, True, monkeypatch, epochs=3, checkpoint=ckpt, resume=True)
+    assert_twins(full, resumed, atol=0)
+
+
+def test_mlp_step_gradient_matches_autograd_for_any_batch():
+    torch.manual_seed(0)
+    net = flat_mlp().double()
+    x, y = torch.randn(37, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (37,))
+    dl = ArrayLoader(x, y, bs=16)
+    opt = optim.SGD(net.parameters(), 0.0)
+    plan, why = mlp_plan(net, nn.NLLLoss(), opt, dl, None)
+    assert why is None
+    grads = {}
+    opt.step = lambda: grads.update({p: p.grad.clone() for p in net.parameters()})  # catch what opt.step gets
+    step = MLPStep(net, opt, nn.NLLLoss(), dl, plan)
+    assert step.step(x, y)
+    F.nll_loss(net(x), y).backward()
+    for p in net.parameters():
+        torch.testing.assert_close(grads[p], p.grad, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(step.preds, net(x).detach())
