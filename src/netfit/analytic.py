@@ -127,6 +127,25 @@ class MLPStep(GraphedStep):
         last = self.linears[-1]
         self.onehot = torch.eye(last.out_features, dtype=last.weight.dtype)  # column c is class c's one-hot
         self.kernel = {torch.optim.Adam: torch._fused_adam_, torch.optim.AdamW: torch._fused_adamw_}.get(type(opt))
+        self.sum, self.nonfinite, self.weights, self.weights_of = 0.0, 0, None, None
+
+    def start_epoch(self):
+        super().start_epoch()
+        self.sum, self.nonfinite = 0.0, 0
+
+    def loss_sum(self):
+        return super().loss_sum() + self.sum
+
+    def bad_steps(self):
+        return super().bad_steps() + self.nonfinite
+
+    def _detached(self):
+        """[(W, b)] of each Linear as detached aliases (the same storage, no autograd recording; b may
+        be None), made again when a parameter was replaced since the last step."""
+        if self.weights is None or any(p is not lin.weight for p, lin in zip(self.weights_of, self.linears)):
+            self.weights_of = [lin.weight for lin in self.linears]
+            self.weights = [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()) for lin in self.linears]
+        return self.weights
 
     def load(self, order, i):
         """Batch i of this epoch into `x`/`y` as new tensors, as the eager loop gives them (a callback
@@ -139,12 +158,13 @@ class MLPStep(GraphedStep):
             self.x, self.y = dl.x.index_select(0, idx), dl.y.index_select(0, idx)
 
     def step(self, xb=None, yb=None):
-        """Train on a batch (default: the static buffers `load` filled); False (and `why_not`) when
-        the batch or the model no longer fits this path, with nothing trained."""
+        """Train on a batch (default: the one `load` gathered); False (and `why_not`) when the batch or
+        the model no longer fits this path, with nothing trained."""
         xb = self.x if xb is None else xb
         yb = self.y if yb is None else yb
-        if (xb.dtype != self.x.dtype or xb.shape[1:] != self.x.shape[1:] or yb.dtype != torch.int64 or yb.dim() != 1
-                or len(yb) != len(xb) or xb.device != self.x.device):
+        if (xb is not self.x or yb is not self.y) and (
+                xb.dtype != self.x.dtype or xb.shape[1:] != self.x.shape[1:] or xb.device != self.x.device
+                or yb.dtype != torch.int64 or yb.dim() != 1 or len(yb) != len(xb)):
             self.why_not = (f"a callback changed the batch to {tuple(xb.shape)} {xb.dtype} with {tuple(yb.shape)} "
                             f"{yb.dtype} labels")
             return False
@@ -160,32 +180,32 @@ class MLPStep(GraphedStep):
             super().eager(xb, yb)
 
     def _train(self, xb, yb):
-        n, last = len(yb), len(self.linears) - 1
-        with torch.no_grad():
-            h = xb.reshape(n, -1).t() if self.flatten else xb.t()  # (features, N): a view
-            acts = [h]
-            for k, lin in enumerate(self.linears):
-                z = torch.addmm(lin.bias[:, None], lin.weight, h) if lin.bias is not None else lin.weight.mm(h)  # (out, N)
-                if k < last:
-                    h = torch.relu(z)
-                    acts.append(h)
-            logp = torch.log_softmax(z, 0)                       # (C, N)
-            loss = F.nll_loss(logp.t(), yb)
-            self.preds, self.loss = (logp if self.log_probs else z).t(), loss  # what the model returns, (N, C)
-            if not math.isfinite(loss.item()):
-                self.bad.add_(1)  # the loop raises NonFiniteLossError before any update
-                return
-            self.total.add_(loss, alpha=n)
-            g = logp.exp()
-            g.sub_(self.onehot.index_select(1, yb)).div_(n)      # dL/dz, (C, N)
-            grads = {}
-            for k in range(last, -1, -1):
-                lin, h = self.linears[k], acts[k]
-                grads[lin.weight] = g.mm(h.t())                  # (out, in)
-                if lin.bias is not None:
-                    grads[lin.bias] = g.sum(1)                   # (out,)
-                if k:
-                    g = torch.ops.aten.threshold_backward(lin.weight.t().mm(g), h, 0)  # (in, N), zero where relu was
+        n, ws, last = yb.shape[0], self._detached(), len(self.linears) - 1  # shape[0]: Tensor.__len__ is Python
+        h = xb.reshape(n, -1).t() if self.flatten else xb.t()    # (features, N): a view
+        acts = [h]
+        for k, (w, b) in enumerate(ws):
+            z = torch.addmm(b[:, None], w, h) if b is not None else w.mm(h)  # (out, N)
+            if k < last:
+                h = torch.relu(z)
+                acts.append(h)
+        logp = torch.log_softmax(z, 0)                           # (C, N)
+        loss = F.nll_loss(logp.t(), yb)
+        self.preds, self.loss = (logp if self.log_probs else z).t(), loss  # what the model returns, (N, C)
+        value = loss.item()
+        if not math.isfinite(value):
+            self.nonfinite += 1  # the loop raises NonFiniteLossError before any update
+            return
+        self.sum += value * n
+        g = logp.exp()
+        g.sub_(self.onehot.index_select(1, yb)).div_(n)          # dL/dz, (C, N)
+        grads = {}
+        for k in range(last, -1, -1):
+            (w, b), lin, h = ws[k], self.linears[k], acts[k]
+            grads[lin.weight] = g.mm(h.t())                      # (out, in)
+            if b is not None:
+                grads[lin.bias] = g.sum(1)                       # (out,)
+            if k:
+                g = torch.ops.aten.threshold_backward(w.t().mm(g), h, 0)  # (in, N), zero where relu was 0
         self._update(grads)
 
     def _update(self, grads):

@@ -480,7 +480,7 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
     pending, rows_done, bs = 0, 0, gs.bs
     try:
         for i in range(n):
-            run.batch, rows = i, dl.rows(i)
+            run.batch, rows = i, bs if i < n - 1 else dl.rows(i)  # only the last batch can be short
             try:
                 graphed = rows == bs and not gs.why_not
                 if graphed:
@@ -509,17 +509,17 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
     except (CancelEpoch, CancelFit):
         _check_graphed(run, gs)  # a NaN before the cancel still stops the fit
         if rows_done:
-            run.record["trn_loss"] = gs.total.item() / rows_done  # the batches trained before the cancel
+            run.record["trn_loss"] = gs.loss_sum() / rows_done  # the batches trained before the cancel
         raise
     finally:
         gs.end_epoch()
     progress.update(pending)
-    return gs.total.item() / rows_done if rows_done else float("nan")
+    return gs.loss_sum() / rows_done if rows_done else float("nan")
 
 
 def _check_graphed(run, gs):
     """Raise NonFiniteLossError if a loss in the graphed steps so far was NaN/inf (one host read)."""
-    if gs.bad.item():
+    if gs.bad_steps():
         where = (f"epoch {run.epoch}, batch {run.batch} (optimizer step {run.step - 1})" if gs.check_every == 1 else
                  f"epoch {run.epoch}, within the {gs.check_every} batches up to batch {run.batch}")
         raise _non_finite_error(run, gs.loss.item() if gs.check_every == 1 else "non-finite", where)

@@ -167,6 +167,14 @@ class GraphedStep:
             torch.index_select(self.dl.x, 0, idx, out=self.x)
             torch.index_select(self.dl.y, 0, idx, out=self.y)
 
+    def loss_sum(self):
+        """Sum of loss x rows over this epoch's steps (one host read)."""
+        return self.total.item()
+
+    def bad_steps(self):
+        """Steps with a non-finite loss this epoch (one host read)."""
+        return self.bad.item()
+
     # ---- the step
     def _forward_backward_step(self, xb, yb, rows):
         with self.autocast:
