@@ -7,8 +7,10 @@ and accepts `n_epochs=` as well as `epochs=`. Callbacks are objects with methods
 events in `EVENTS`; each gets the `Run` (model, data, opt, batch, loss, history...) and may raise
 `CancelBatch`, `CancelEpoch` or `CancelFit` to stop.
 
-Speed: the loop never reads a number back from the device inside an epoch; losses and metrics are
-summed there and read once per epoch.
+Speed: on a GPU the loop reads nothing back from the device inside an epoch but a NaN flag every 32
+steps (losses and metrics are summed there and read once per epoch); on the CPU a loss read costs ~1 µs
+and is checked every step. The step itself is one of three (`history.info["step"]`): a CUDA graph
+(graphs.py), on the CPU an MLP's gradient written out (analytic.py), or the autograd loop here.
 """
 import contextlib
 import math
@@ -168,9 +170,12 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
             training step ran (CUDA graph or eager, and why) and which optimizer kernel.
         fast: let fit pick faster kernels with the same maths: a stock Adam, AdamW or SGD left on its
             default implementation runs its fused kernel (one kernel per step instead of ~10 small
-            ops per parameter; its param groups keep `fused=True` after the fit), and on a GPU the whole step is captured in one CUDA graph and
-            replayed per batch (see graphs.py for what keeps a fit eager). `history.info["optimizer"]`
-            and `history.info["step"]` say what ran; `fast=False` leaves the optimizer be and runs eagerly.
+            ops per parameter; its param groups keep `fused=True` after the fit); on a GPU the whole step is
+            captured in one CUDA graph and replayed per batch (graphs.py); on the CPU an MLP of Linear
+            and ReLU layers (the lesson's nets) trains with its gradient written out and Adam's fused
+            kernel called directly, without autograd (analytic.py). Both say what keeps a fit eager.
+            `history.info["optimizer"]` and `history.info["step"]` say what ran; `fast=False` leaves the
+            optimizer be and runs the plain autograd loop.
         schedule: a callback that sets rates per step (e.g. `one_cycle(max_lr)`); added to callbacks.
         amp: mixed precision: bf16 autocast where supported, else fp16 with a gradient scaler.
         accumulate: step the optimizer every `accumulate` batches, with the loss divided by it, so k

@@ -7,7 +7,8 @@ driver overhead. `GraphedStep` records forward, loss, backward and the optimizer
 data already on the GPU, and the loss sum and a non-finite flag are accumulated on the device, so
 the host reads nothing inside an epoch except the NaN flag every 32 steps.
 
-`graph_plan` says whether `fit` may take this path and, if not, why (`history.info["step"]`):
+`graph_plan` says whether `fit` may take this path and, if not, why (`history.info["step"]`;
+`step_plan` holds the part it shares with the CPU's written-out MLP step in analytic.py):
 only the per-batch events that can run around a replay are allowed (`before_batch` and
 `after_batch` for any callback; `before_step` for callbacks marked `graph_safe = True`, which touch
 only host state and optimizer hyperparameters), and only a stock Adam, AdamW or SGD on its fused
