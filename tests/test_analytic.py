@@ -58,7 +58,10 @@ def flat_mlp():
 CASES = {
     "logreg-Adam": dict(make=logreg),
     "mlp-AdamW-wd": dict(make=mlp, opt=lambda ps: optim.AdamW(ps, 3e-3, weight_decay=0.05)),
-    "mlp-SGD-momentum-wd (opt.step)": dict(make=mlp, opt=lambda ps: optim.SGD(ps, 0.05, momentum=0.9, weight_decay=1e-3)),
+    "mlp-SGD-momentum-wd": dict(make=mlp, opt=lambda ps: optim.SGD(ps, 0.05, momentum=0.9, weight_decay=1e-3)),
+    "mlp-SGD-nesterov-dampening": dict(make=mlp, opt=lambda ps: optim.SGD(ps, 0.05, momentum=0.8, nesterov=True)),
+    "logreg-SGD-plain": dict(make=logreg, opt=lambda ps: optim.SGD(ps, 0.1)),
+    "mlp-RMSprop (opt.step)": dict(make=mlp, opt=lambda ps: optim.RMSprop(ps, 1e-3)),
     "logits-CrossEntropy": dict(make=lambda: nn.Linear(784, 10), crit=nn.CrossEntropyLoss()),
     "logsoftmax-CrossEntropy": dict(make=logreg, crit=F.cross_entropy),
     "flatten-images-nobias": dict(make=flat_mlp, dims=(1, 28, 28)),
@@ -92,6 +95,21 @@ def test_history_says_which_step_and_kernel_ran(monkeypatch, capsys):
     assert "training step: MLP gradient written out" in capsys.readouterr().out
     _, _, h = train(mlp, True, monkeypatch, epochs=1, opt=lambda ps: optim.RMSprop(ps, 1e-3))
     assert h.info["step"].endswith("RMSprop through opt.step()")
+    _, _, h = train(mlp, True, monkeypatch, epochs=1, opt=lambda ps: optim.SGD(ps, 0.1, momentum=0.9))
+    assert h.info["step"].endswith("SGD through its fused kernel called directly")
+
+
+@pytest.mark.parametrize("opt", [lambda ps: optim.Adam(ps, 1e-2), lambda ps: optim.SGD(ps, 0.1, momentum=0.9)])
+def test_the_fused_kernel_is_called_directly_after_the_first_step(opt, monkeypatch):
+    calls = []
+    real = MLPStep._update
+
+    def spy(self, grads):
+        calls.append(self._direct_calls(grads) is not None)
+        real(self, grads)
+    monkeypatch.setattr(MLPStep, "_update", spy)
+    train(mlp, True, monkeypatch, epochs=1, opt=opt)
+    assert calls[0] is False and all(calls[1:]) and len(calls) == 16  # the first creates the state
 
 
 @pytest.mark.parametrize("make,crit,kw,reason", [

@@ -14,8 +14,9 @@ gradient of the mean loss is short:
 
 `MLPStep` computes that under `no_grad` in the transposed layout (features x batch: MKL is faster
 on this shape for the thin last layer, and softmax runs along the long axis), then updates the
-weights with the fused kernel a stock Adam/AdamW runs inside `opt.step()`, called directly with the
-optimizer's own state; any other optimizer gets the gradients in `p.grad` and its own `opt.step()`.
+weights with the fused kernel a stock Adam, AdamW or SGD runs inside `opt.step()`, called directly with
+the optimizer's own state; any other optimizer (or one with hooks) gets the gradients in `p.grad` and
+its own `opt.step()`.
 Weights match the autograd step to float rounding (tests/test_analytic.py).
 
 `mlp_plan` says whether a model, loss and loader qualify and, if not, why (`history.info["step"]`).
@@ -126,25 +127,27 @@ class MLPStep(GraphedStep):
         self.flatten, self.linears, self.log_probs = plan
         last = self.linears[-1]
         self.onehot = torch.eye(last.out_features, dtype=last.weight.dtype)  # column c is class c's one-hot
-        self.kernel = {torch.optim.Adam: torch._fused_adam_, torch.optim.AdamW: torch._fused_adamw_}.get(type(opt))
+        self.kernel = {torch.optim.Adam: torch._fused_adam_, torch.optim.AdamW: torch._fused_adamw_,
+                       torch.optim.SGD: torch._fused_sgd_}.get(type(opt))
         self.sum, self.nonfinite, self.weights, self.weights_of = 0.0, 0, None, None
 
     def start_epoch(self):
         super().start_epoch()
         self.sum, self.nonfinite = 0.0, 0
 
-    def loss_sum(self):
-        return super().loss_sum() + self.sum
+    def loss_sum(self):  # the device-side sum holds only the autograd steps after a hand-over
+        return self.sum + (super().loss_sum() if self.why_not else 0.0)
 
     def bad_steps(self):
-        return super().bad_steps() + self.nonfinite
+        return self.nonfinite + (super().bad_steps() if self.why_not else 0)
 
     def _detached(self):
-        """[(W, b)] of each Linear as detached aliases (the same storage, no autograd recording; b may
-        be None), made again when a parameter was replaced since the last step."""
+        """[(W, b)] of each Linear as detached aliases (the same storage, no autograd recording; b as a
+        column, or None), made again when a parameter was replaced since the last step."""
         if self.weights is None or any(p is not lin.weight for p, lin in zip(self.weights_of, self.linears)):
             self.weights_of = [lin.weight for lin in self.linears]
-            self.weights = [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()) for lin in self.linears]
+            self.weights = [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()[:, None])  # b (out, 1)
+                            for lin in self.linears]
         return self.weights
 
     def load(self, order, i):
@@ -184,20 +187,20 @@ class MLPStep(GraphedStep):
         h = xb.reshape(n, -1).t() if self.flatten else xb.t()    # (features, N): a view
         acts = [h]
         for k, (w, b) in enumerate(ws):
-            z = torch.addmm(b[:, None], w, h) if b is not None else w.mm(h)  # (out, N)
+            z = torch.addmm(b, w, h) if b is not None else w.mm(h)  # (out, N)
             if k < last:
                 h = torch.relu(z)
                 acts.append(h)
         logp = torch.log_softmax(z, 0)                           # (C, N)
-        loss = F.nll_loss(logp.t(), yb)
+        onehot = self.onehot.index_select(1, yb)                 # (C, N)
+        loss = torch.dot(logp.view(-1), onehot.view(-1)).div_(-n)  # mean NLL, in one op
         self.preds, self.loss = (logp if self.log_probs else z).t(), loss  # what the model returns, (N, C)
         value = loss.item()
         if not math.isfinite(value):
             self.nonfinite += 1  # the loop raises NonFiniteLossError before any update
             return
         self.sum += value * n
-        g = logp.exp()
-        g.sub_(self.onehot.index_select(1, yb)).div_(n)          # dL/dz, (C, N)
+        g = logp.exp().sub_(onehot).div_(n)                      # dL/dz, (C, N)
         grads = {}
         for k in range(last, -1, -1):
             (w, b), lin, h = ws[k], self.linears[k], acts[k]
@@ -211,38 +214,50 @@ class MLPStep(GraphedStep):
     def _update(self, grads):
         """Apply `grads` ({param: gradient}) as `opt.step()` would."""
         opt = self.opt
-        if self._direct():
-            with torch.no_grad():
-                for group in opt.param_groups:
-                    params = group["params"]
-                    state = [opt.state[p] for p in params]
-                    steps = [s["step"] for s in state]
-                    torch._foreach_add_(steps, 1)  # as torch.optim.adam._fused_adam does before its kernel
-                    beta1, beta2 = group["betas"]
-                    self.kernel(params, [grads[p] for p in params], [s["exp_avg"] for s in state],
-                                [s["exp_avg_sq"] for s in state], [], steps, lr=group["lr"], beta1=beta1, beta2=beta2,
-                                weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
-                                maximize=group["maximize"])
+        calls = self._direct_calls(grads)
+        if calls is None:
+            for p in self.params:
+                p.grad = grads.get(p)
+            opt.step()
+            self._drop_grads()
             return
-        for p in self.params:
-            p.grad = grads.get(p)
-        opt.step()
-        self._drop_grads()
+        with torch.no_grad():
+            for kernel, args, kwargs in calls:
+                kernel(*args, **kwargs)
 
-    def _direct(self):
-        """True when calling the fused kernel is exactly what `opt.step()` would do now."""
-        opt = self.opt
+    def _direct_calls(self, grads):
+        """The fused-kernel calls `opt.step()` would make now (a list of (kernel, args, kwargs)), or None
+        when only `opt.step()` itself will do: another optimizer, hooks, options the kernel lacks, or a
+        parameter without state yet (its first step creates it)."""
+        opt, adamw = self.opt, self.kernel is torch._fused_adamw_
         if (self.kernel is None or "step" in vars(opt) or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
                 or _optimizer._global_optimizer_pre_hooks or _optimizer._global_optimizer_post_hooks):
-            return False
+            return None
+        calls = []
         for group in opt.param_groups:
-            if (not group.get("fused") or group.get("amsgrad") or group.get("capturable") or group.get("differentiable")
-                    or isinstance(group["lr"], torch.Tensor) or any(isinstance(b, torch.Tensor) for b in group["betas"])
-                    or group.get("decoupled_weight_decay", self.kernel is torch._fused_adamw_)
-                    != (self.kernel is torch._fused_adamw_)):
-                return False
-            for p in group["params"]:
-                s = opt.state.get(p)
-                if not s or "step" not in s:  # the first step creates the state: through opt.step()
-                    return False
-        return True
+            params = group["params"]
+            if (not group.get("fused") or group.get("differentiable") or group.get("capturable")
+                    or isinstance(group["lr"], torch.Tensor)):
+                return None
+            state = [opt.state.get(p) for p in params]
+            if self.kernel is torch._fused_sgd_:
+                momentum = group["momentum"]
+                if momentum and not all(s and s.get("momentum_buffer") is not None for s in state):
+                    return None
+                calls.append((self.kernel, (params, [grads[p] for p in params],
+                                            [s["momentum_buffer"] for s in state] if momentum else []),
+                              dict(weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
+                                   dampening=group["dampening"], nesterov=group["nesterov"],
+                                   maximize=group["maximize"], is_first_step=False)))
+                continue
+            beta1, beta2 = group["betas"]
+            if (group["amsgrad"] or isinstance(beta1, torch.Tensor) or isinstance(beta2, torch.Tensor)
+                    or group.get("decoupled_weight_decay", adamw) != adamw or not all(s and "step" in s for s in state)):
+                return None
+            steps = [s["step"] for s in state]
+            calls.append((torch._foreach_add_, (steps, 1), {}))  # as torch.optim.adam._fused_adam does first
+            calls.append((self.kernel, (params, [grads[p] for p in params], [s["exp_avg"] for s in state],
+                                        [s["exp_avg_sq"] for s in state], [], steps),
+                          dict(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                               eps=group["eps"], amsgrad=False, maximize=group["maximize"])))
+        return calls

@@ -172,8 +172,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
             default implementation runs its fused kernel (one kernel per step instead of ~10 small
             ops per parameter; its param groups keep `fused=True` after the fit); on a GPU the whole step is
             captured in one CUDA graph and replayed per batch (graphs.py); on the CPU an MLP of Linear
-            and ReLU layers (the lesson's nets) trains with its gradient written out and Adam's fused
-            kernel called directly, without autograd (analytic.py). Both say what keeps a fit eager.
+            and ReLU layers (the lesson's nets) trains with its gradient written out and the optimizer's
+            fused kernel called directly, without autograd (analytic.py). Both say what keeps a fit eager.
             `history.info["optimizer"]` and `history.info["step"]` say what ran; `fast=False` leaves the
             optimizer be and runs the plain autograd loop.
         schedule: a callback that sets rates per step (e.g. `one_cycle(max_lr)`); added to callbacks.
