@@ -130,6 +130,15 @@ def test_other_models_and_settings_stay_on_autograd(make, crit, kw, reason, monk
     assert h.info["step"].startswith("eager: ") and reason in h.info["step"], h.info["step"]
 
 
+def test_a_layer_frozen_before_fit_keeps_autograd():
+    net = mlp()
+    net[0].requires_grad_(False)
+    w = net[0].weight.detach().clone()
+    h = fit(net, data(), 1, optim.SGD(net.parameters(), 0.1), verbose=False)
+    assert h.info["step"] == "eager: some of the optimizer's parameters are frozen (requires_grad=False)"
+    assert torch.equal(net[0].weight, w)
+
+
 def test_hooks_and_in_step_callbacks_keep_autograd():
     net = logreg()
     net[0].register_forward_hook(lambda m, i, o: None)

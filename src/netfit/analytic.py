@@ -3,21 +3,20 @@
 On a CPU the lesson's small models spend most of a step on overhead, not arithmetic: autograd
 records and replays a node per op, and `Optimizer.step`'s Python wrapper (hooks, profiler record,
 grouping tensors by device) costs ~100 µs around a fused Adam kernel of ~50 µs. For an
-`nn.Sequential` of Linear layers with ReLU between them (an optional `Flatten` first; or one
-`nn.Linear`), ending in
-`LogSoftmax` with `NLLLoss`, or in the last Linear (or LogSoftmax) with `CrossEntropyLoss`, the
-gradient of the mean loss is short:
+`nn.Sequential` of Linear layers with ReLU between them (an optional `Flatten` first), or one
+`nn.Linear`, ending in `LogSoftmax` with `NLLLoss`, or in the last Linear (or LogSoftmax) with
+`CrossEntropyLoss`, the gradient of the mean loss is short:
 
     z_k = W_k @ h_{k-1} + b_k,   h_k = relu(z_k),   p = softmax(z_L)     # activations (features, N)
     dz_L = (p - onehot(y)) / N
     dW_k = dz_k @ h_{k-1}.T,   db_k = dz_k.sum(1),   dz_{k-1} = (W_k.T @ dz_k) * (h_{k-1} > 0)
 
-`MLPStep` computes that under `no_grad` in the transposed layout (features x batch: MKL is faster
-on this shape for the thin last layer, and softmax runs along the long axis), then updates the
-weights with the fused kernel a stock Adam, AdamW or SGD runs inside `opt.step()`, called directly with
-the optimizer's own state; any other optimizer (or one with hooks) gets the gradients in `p.grad` and
-its own `opt.step()`.
-Weights match the autograd step to float rounding (tests/test_analytic.py).
+`MLPStep` computes that on detached aliases of the weights (no autograd recording) in the transposed
+layout (features x batch: MKL is faster on this shape for the thin last layer, and softmax runs along
+the long axis), then updates the weights with the fused kernel a stock Adam, AdamW or SGD runs
+inside `opt.step()`, called directly with the optimizer's own state; any other optimizer (or one
+with step hooks) gets the gradients in `p.grad` and runs its own `opt.step()`. Weights match the
+autograd step to float rounding (tests/test_analytic.py).
 
 `mlp_plan` says whether a model, loss and loader qualify and, if not, why (`history.info["step"]`).
 `fit` takes this path on the CPU when `graphs.step_plan` allows a step outside its eager loop (no
@@ -101,6 +100,8 @@ def mlp_plan(model, crit, opt, dl, amp_dtype):
     mine = {id(p) for p in params}
     if any(id(p) not in mine for g in opt.param_groups for p in g["params"]):
         return None, "the optimizer holds tensors that are not the model's Linear weights"
+    if not all(p.requires_grad for g in opt.param_groups for p in g["params"]):
+        return None, "some of the optimizer's parameters are frozen (requires_grad=False)"
     if dl.x.dtype != dtype or dl.y.dtype != torch.int64 or dl.y.dim() != 1 or (dl.x.dim() != 2 and not flatten):
         return None, f"the data is {dl.x.dtype} of {dl.x.dim()} dims with {dl.y.dtype} labels"
     return (flatten, linears, log_softmax), None
