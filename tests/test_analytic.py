@@ -242,3 +242,86 @@ def test_a_callback_reshaping_the_batch_hands_over_to_autograd():
     assert h.info["step"].startswith("eager: a callback changed the batch to (64, 1, 28, 28)"), h.info["step"]
     assert h.info["step"].endswith("(gradient written out until epoch 1)")
     assert h[1]["trn_loss"] < h[0]["trn_loss"]  # epoch 1 trained, through autograd
+
+
+# ---- what a review found the first version got wrong: each against the autograd loop
+
+def small_mlp():
+    return nn.Sequential(nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10), nn.LogSoftmax(dim=1))
+
+
+def twins(make, opt, callbacks, monkeypatch, epochs=2):
+    runs = [train(make, w, monkeypatch, epochs=epochs, opt=opt, callbacks=callbacks()) for w in (False, True)]
+    assert_twins(*runs, atol=3e-5)
+    return runs
+
+
+def test_layers_sharing_weights_keep_autograd():
+    lin = nn.Linear(16, 16)
+    net = nn.Sequential(nn.Linear(784, 16), nn.ReLU(), lin, nn.ReLU(), lin, nn.ReLU(), nn.Linear(16, 10),
+                        nn.LogSoftmax(dim=1))
+    assert fit(net, data(), 1, verbose=False).info["step"] == "eager: layers of the model share weights"
+
+
+def test_weights_whose_storage_a_callback_replaces(monkeypatch):
+    class MaxNorm:  # the classic constraint, written the old way: w.data = ...
+        def after_batch(self, run):
+            w = run.model[0].weight
+            w.data = w.data.renorm(2, 0, 0.5)
+    twins(small_mlp, lambda ps: optim.Adam(ps, 1e-2), lambda: [MaxNorm()], monkeypatch)
+
+
+def test_a_layer_unfrozen_into_a_new_param_group_trains(monkeypatch):
+    class Unfreeze:
+        def before_epoch(self, run):
+            if run.epoch == 1:
+                run.model[0].requires_grad_(True)
+                run.opt.add_param_group({"params": list(run.model[0].parameters()), "lr": 1e-2})
+
+    def make():
+        net = small_mlp()
+        net[0].requires_grad_(False)
+        return net
+    torch.manual_seed(0)
+    w0 = make()[0].weight.detach().clone()
+    (_, _, _), (net, opt, h) = twins(make, lambda ps: optim.Adam([p for p in ps if p.requires_grad], 1e-2),
+                                     lambda: [Unfreeze()], monkeypatch)
+    assert not torch.equal(net[0].weight, w0) and len(opt.state) == 4
+    assert h.info["step"].startswith("MLP gradient written out")
+
+
+@pytest.mark.parametrize("opt", [lambda ps: optim.Adam([{"params": list(ps)}, {"params": []}], 1e-2),
+                                 lambda ps: optim.SGD([{"params": list(ps)}, {"params": []}], 0.1, momentum=0.9)])
+def test_an_empty_param_group(opt, monkeypatch):
+    twins(small_mlp, opt, list, monkeypatch)
+
+
+def test_a_callback_that_halves_the_batch_counts_the_rows_it_trained(monkeypatch):
+    class Half:
+        def before_batch(self, run):
+            run.xb, run.yb = run.xb[::2], run.yb[::2]
+    (_, _, he), (_, _, hw) = twins(small_mlp, lambda ps: optim.SGD(ps, 0.1), lambda: [Half()], monkeypatch)
+    assert hw.info["step"].startswith("MLP gradient written out")
+
+
+def test_non_finite_loss_after_a_hand_over_stops_before_the_update():
+    class Poison:
+        def before_batch(self, run):
+            if run.epoch == 1:
+                run.xb = run.xb.reshape(len(run.xb), 1, 28, 28)  # hands over to autograd
+                if run.batch == 3:
+                    run.xb = torch.full_like(run.xb, float("nan"))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.LogSoftmax(dim=1))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, batch 3 "):
+        fit(net, data(), 2, callbacks=[Poison()], verbose=False)
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_preds_are_contiguous_as_the_model_returns_them():
+    seen = []
+
+    class Flat:
+        def after_batch(self, run):
+            seen.append(run.preds.view(-1).shape)
+    h = fit(small_mlp(), data(), 1, callbacks=[Flat()], verbose=False)
+    assert h.info["step"].startswith("MLP gradient written out") and seen[0] == (640,)

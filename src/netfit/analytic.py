@@ -98,6 +98,8 @@ def mlp_plan(model, crit, opt, dl, amp_dtype):
            for p in params):
         return None, "the model's weights are not contiguous float tensors on the CPU without hooks"
     mine = {id(p) for p in params}
+    if len(mine) != len(params):
+        return None, "layers of the model share weights"
     if any(id(p) not in mine for g in opt.param_groups for p in g["params"]):
         return None, "the optimizer holds tensors that are not the model's Linear weights"
     if not all(p.requires_grad for g in opt.param_groups for p in g["params"]):
@@ -130,26 +132,42 @@ class MLPStep(GraphedStep):
         self.onehot = torch.eye(last.out_features, dtype=last.weight.dtype)  # column c is class c's one-hot
         self.kernel = {torch.optim.Adam: torch._fused_adam_, torch.optim.AdamW: torch._fused_adamw_,
                        torch.optim.SGD: torch._fused_sgd_}.get(type(opt))
-        self.sum, self.nonfinite, self.weights, self.weights_of = 0.0, 0, None, None
+        self.sum, self.nonfinite, self.weights = 0.0, 0, None
 
     def start_epoch(self):
         super().start_epoch()
         self.sum, self.nonfinite = 0.0, 0
 
-    def loss_sum(self):  # the device-side sum holds only the autograd steps after a hand-over
-        return self.sum + (super().loss_sum() if self.why_not else 0.0)
+    def loss_sum(self):  # every step here, hand-over steps included, adds to these in Python
+        return self.sum
 
     def bad_steps(self):
-        return self.nonfinite + (super().bad_steps() if self.why_not else 0)
+        return self.nonfinite
+
+    def _opt_params(self):
+        """The optimizer's parameters now (a callback may add a param group mid-fit)."""
+        return [p for g in self.opt.param_groups for p in g["params"]]
+
+    def _drop_grads(self):
+        for p in self._opt_params():
+            p.grad = None
 
     def _detached(self):
         """[(W, b)] of each Linear as detached aliases (the same storage, no autograd recording; b as a
-        column, or None), made again when a parameter was replaced since the last step."""
-        if self.weights is None or any(p is not lin.weight for p, lin in zip(self.weights_of, self.linears)):
-            self.weights_of = [lin.weight for lin in self.linears]
-            self.weights = [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()[:, None])  # b (out, 1)
-                            for lin in self.linears]
-        return self.weights
+        column, or None), made again when a parameter or its storage was replaced since the last step
+        (e.g. a max-norm callback's `w.data = w.data.renorm(...)`)."""
+        ws = self.weights
+        if ws is not None:
+            for lin, (w, b) in zip(self.linears, ws):
+                p, q = lin._parameters["weight"], lin._parameters["bias"]
+                if (p.data_ptr() != w.data_ptr() or p.shape != w.shape or (q is None) != (b is None)
+                        or (q is not None and q.data_ptr() != b.data_ptr())):
+                    ws = None
+                    break
+        if ws is None:
+            ws = self.weights = [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()[:, None])  # b (out, 1)
+                                 for lin in self.linears]
+        return ws
 
     def load(self, order, i):
         """Batch i of this epoch into `x`/`y` as new tensors, as the eager loop gives them (a callback
@@ -172,16 +190,29 @@ class MLPStep(GraphedStep):
             self.why_not = (f"a callback changed the batch to {tuple(xb.shape)} {xb.dtype} with {tuple(yb.shape)} "
                             f"{yb.dtype} labels")
             return False
-        if not all(p.requires_grad for p in self.params):
+        if not all(p.requires_grad for p in self._opt_params()):
             self.why_not = "a callback froze some of the optimizer's parameters"
             return False
         self._train(xb, yb)
         return True
 
     def eager(self, xb, yb):
-        """The short last batch: through this step too, unless it gave up (then autograd's)."""
-        if self.why_not or not self.step(xb, yb):
-            super().eager(xb, yb)
+        """The short last batch through this step too; once it gave up (`why_not`), autograd's step,
+        which like the eager loop checks the loss before the update."""
+        if not self.why_not and self.step(xb, yb):
+            return
+        self._drop_grads()
+        preds = self.model(xb)
+        loss = self.crit(preds, yb)
+        self.preds, self.loss = preds.detach(), loss.detach()
+        value = loss.item()
+        if not math.isfinite(value):
+            self.nonfinite += 1
+            return
+        self.sum += value * yb.shape[0]
+        loss.backward()
+        self.opt.step()
+        self._drop_grads()
 
     def _train(self, xb, yb):
         n, ws, last = yb.shape[0], self._detached(), len(self.linears) - 1  # shape[0]: Tensor.__len__ is Python
@@ -195,7 +226,7 @@ class MLPStep(GraphedStep):
         logp = torch.log_softmax(z, 0)                           # (C, N)
         onehot = self.onehot.index_select(1, yb)                 # (C, N)
         loss = torch.dot(logp.view(-1), onehot.view(-1)).div_(-n)  # mean NLL, in one op
-        self.preds, self.loss = (logp if self.log_probs else z).t(), loss  # what the model returns, (N, C)
+        self.preds, self.loss = (logp if self.log_probs else z).t().contiguous(), loss  # as the model returns it, (N, C)
         value = loss.item()
         if not math.isfinite(value):
             self.nonfinite += 1  # the loop raises NonFiniteLossError before any update
@@ -217,8 +248,8 @@ class MLPStep(GraphedStep):
         opt = self.opt
         calls = self._direct_calls(grads)
         if calls is None:
-            for p in self.params:
-                p.grad = grads.get(p)
+            for p in self._opt_params():
+                p.grad = grads.get(p)  # None for a tensor that is not a Linear's: its forward never used it
             opt.step()
             self._drop_grads()
             return
@@ -237,6 +268,10 @@ class MLPStep(GraphedStep):
         calls = []
         for group in opt.param_groups:
             params = group["params"]
+            if not params:  # torch's own fused steps return early on an empty group
+                continue
+            if any(p not in grads for p in params):
+                return None
             if (not group.get("fused") or group.get("differentiable") or group.get("capturable")
                     or isinstance(group["lr"], torch.Tensor)):
                 return None

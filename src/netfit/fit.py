@@ -499,7 +499,7 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
                 if not (graphed and gs.step(run.xb, run.yb)):
                     gs.eager(run.xb, run.yb)
                 run.preds, run.loss = gs.preds, gs.loss
-                rows_done += rows
+                rows_done += run.yb.shape[0]  # the rows trained, also when a callback replaced the batch
                 run.step += 1
                 if (i + 1) % gs.check_every == 0 or i + 1 == n:
                     _check_graphed(run, gs)
