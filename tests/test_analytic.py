@@ -325,3 +325,79 @@ def test_preds_are_contiguous_as_the_model_returns_them():
             seen.append(run.preds.view(-1).shape)
     h = fit(small_mlp(), data(), 1, callbacks=[Flat()], verbose=False)
     assert h.info["step"].startswith("MLP gradient written out") and seen[0] == (640,)
+
+
+# ---- a second review: the library and a user's workflow around the step
+
+def test_labels_of_minus_100_are_ignored_as_nll_loss_does(monkeypatch):
+    md = data()
+    md.trn_dl.y[::7] = -100  # NLLLoss's ignore_index: these rows do not count
+    torch.manual_seed(0)
+    net = small_mlp()
+    h = fit(net, md, 1, verbose=False)
+    assert h.info["step"] == "eager: some labels are negative (the loss's ignore_index)"
+
+
+def test_hooks_a_callback_adds_in_before_fit_are_called():
+    calls = []
+
+    class Watch:
+        def before_fit(self, run):
+            run.model[0].register_forward_hook(lambda m, i, o: calls.append(1))
+    h = fit(small_mlp(), data(), 1, callbacks=[Watch()], verbose=False)
+    assert len(calls) >= 16 and h.info["step"].startswith("eager: the model has hooks"), h.info["step"]
+
+
+def test_an_optimizer_or_loss_a_callback_swaps_in_is_used(monkeypatch):
+    class Swap:
+        def before_epoch(self, run):
+            if run.epoch == 1:
+                run.opt = optim.SGD(run.model.parameters(), lr=0.0)  # frozen from here on
+                self.w = run.model[0].weight.detach().clone()
+    sw = Swap()
+    net = small_mlp()
+    h = fit(net, data(), 2, callbacks=[sw], verbose=False)
+    assert torch.equal(net[0].weight, sw.w) and h.info["step"].startswith("MLP gradient written out")
+
+    class Smooth:
+        def before_epoch(self, run):
+            run.crit = nn.CrossEntropyLoss(label_smoothing=0.2)
+    h = fit(small_mlp(), data(), 1, callbacks=[Smooth()], verbose=False)
+    assert h.info["step"].startswith("eager: a callback replaced the optimizer or the loss: the loss has class weights, "
+                                     "label smoothing"), h.info["step"]
+
+
+def test_a_batch_size_changed_between_epochs_still_covers_every_row(monkeypatch):
+    class Double:
+        def before_epoch(self, run):
+            self.rows = 0
+            run.data.trn_dl.bs = 64 * 2 ** run.epoch
+
+        def after_batch(self, run):
+            self.rows += len(run.yb)
+
+        def after_epoch(self, run):
+            assert self.rows == 1000
+    twins(small_mlp, lambda ps: optim.SGD(ps, 0.1), lambda: [Double()], monkeypatch, epochs=3)
+
+
+def test_a_torch_lr_scheduler_keeps_the_direct_kernel(monkeypatch):
+    from netfit.callbacks import TorchScheduler
+    sched = []
+
+    def opt(ps):
+        o = optim.Adam(ps, 1e-2)
+        sched.append(TorchScheduler(torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5)))
+        return o
+    runs = []
+    for written in (False, True):
+        with monkeypatch.context() as m:
+            if not written:
+                m.setattr(fit_module, "mlp_plan", lambda *a: (None, "test: autograd"))
+            torch.manual_seed(0)
+            net = small_mlp()
+            o = opt(net.parameters())
+            runs.append((net, o, fit(net, data(), 2, o, metrics=[accuracy], callbacks=[sched[-1]], verbose=False, seed=1)))
+    assert_twins(*runs, atol=3e-5)
+    assert runs[1][2].info["step"].endswith("Adam through its fused kernel called directly")
+    assert [r["lr"] for r in runs[1][2].records] == [1e-2, 5e-3]  # the rate each epoch trained with

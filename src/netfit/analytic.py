@@ -35,6 +35,8 @@ from .graphs import GraphedStep
 
 __all__ = ["MLPStep", "mlp_plan"]
 
+_KERNELS = {torch.optim.Adam: torch._fused_adam_, torch.optim.AdamW: torch._fused_adamw_, torch.optim.SGD: torch._fused_sgd_}
+
 _GLOBAL_MODULE_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                         "_global_backward_pre_hooks")
 
@@ -80,8 +82,7 @@ def mlp_plan(model, crit, opt, dl, amp_dtype):
     if isinstance(layers, str):
         return None, layers
     flatten, linears, log_softmax = layers
-    if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-           for m in model.modules()) or any(getattr(_module, h, None) for h in _GLOBAL_MODULE_HOOKS):
+    if _has_hooks(model):
         return None, "the model has hooks"
     if type(crit) is nn.NLLLoss or crit is F.nll_loss:
         if not log_softmax:
@@ -94,9 +95,8 @@ def mlp_plan(model, crit, opt, dl, amp_dtype):
     params = [p for m in linears for p in m.parameters()]
     dtype = params[0].dtype
     if any(p.dtype != dtype or p.dtype not in (torch.float32, torch.float64) or p.device.type != "cpu"
-           or not p.is_contiguous() or p.is_sparse or p._backward_hooks or p._post_accumulate_grad_hooks
-           for p in params):
-        return None, "the model's weights are not contiguous float tensors on the CPU without hooks"
+           or not p.is_contiguous() or p.is_sparse for p in params):
+        return None, "the model's weights are not contiguous float tensors on the CPU"
     mine = {id(p) for p in params}
     if len(mine) != len(params):
         return None, "layers of the model share weights"
@@ -106,12 +106,22 @@ def mlp_plan(model, crit, opt, dl, amp_dtype):
         return None, "some of the optimizer's parameters are frozen (requires_grad=False)"
     if dl.x.dtype != dtype or dl.y.dtype != torch.int64 or dl.y.dim() != 1 or (dl.x.dim() != 2 and not flatten):
         return None, f"the data is {dl.x.dtype} of {dl.x.dim()} dims with {dl.y.dtype} labels"
+    if len(dl.y) and dl.y.min() < 0:
+        return None, "some labels are negative (the loss's ignore_index)"
     return (flatten, linears, log_softmax), None
 
 
+def _has_hooks(model):
+    """True when a hook would see the forward or backward pass (module, global or parameter hooks)."""
+    return (any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                for m in model.modules())
+            or any(getattr(_module, h, None) for h in _GLOBAL_MODULE_HOOKS)
+            or any(p._backward_hooks or p._post_accumulate_grad_hooks for p in model.parameters()))
+
+
 class MLPStep(GraphedStep):
-    """`GraphedStep`'s interface (static buffers, `step`, `eager`, device-side loss sum) with the
-    gradient of `mlp_plan`'s MLPs written out and the optimizer's fused kernel called directly.
+    """`GraphedStep`'s interface (`load`, `step`, `eager`, the epoch's loss sum) with the gradient of
+    `mlp_plan`'s MLPs written out and the optimizer's fused kernel called directly.
 
     Example:
         >>> from netfit.data import ArrayLoader
@@ -126,17 +136,33 @@ class MLPStep(GraphedStep):
     check_every = 1  # a host read of the loss costs ~1 µs here: check every step, before the update
 
     def __init__(self, model, opt, crit, dl, plan):
-        super().__init__(model, opt, crit, dl, None, capture=False)
+        super().__init__(model, opt, crit, dl, None, capture=False, static=False)
         self.flatten, self.linears, self.log_probs = plan
-        last = self.linears[-1]
-        self.onehot = torch.eye(last.out_features, dtype=last.weight.dtype)  # column c is class c's one-hot
-        self.kernel = {torch.optim.Adam: torch._fused_adam_, torch.optim.AdamW: torch._fused_adamw_,
-                       torch.optim.SGD: torch._fused_sgd_}.get(type(opt))
-        self.sum, self.nonfinite, self.weights = 0.0, 0, None
+        self.row_shape, self.dtype = dl.x.shape[1:], dl.x.dtype
+        self.kernel = _KERNELS.get(type(opt))
+        self.sum, self.nonfinite, self.weights, self.minus_ones = 0.0, 0, None, None
+        self.direct_steps = self.opt_steps = 0
 
     def start_epoch(self):
-        super().start_epoch()
         self.sum, self.nonfinite = 0.0, 0
+        self.bs = self.dl.bs  # a callback may change the loader's batch size: nothing here is sized by it
+        if _has_hooks(self.model):  # e.g. added by a callback's before_fit
+            self.why_not = "the model has hooks"
+
+    def end_epoch(self):
+        self._drop_grads()
+
+    def rebind(self, opt, crit):
+        """A callback replaced `run.opt` or `run.crit`: go on with them, here if they qualify."""
+        self.opt, self.crit, self.kernel = opt, crit, _KERNELS.get(type(opt))
+        why_not = mlp_plan(self.model, crit, opt, self.dl, None)[1]
+        if why_not:
+            self.why_not = f"a callback replaced the optimizer or the loss: {why_not}"
+
+    def describe(self):
+        """What `history.info["step"]` says: the optimizer's fused kernel called directly or `opt.step()`."""
+        how = "its fused kernel called directly" if self.direct_steps >= self.opt_steps else "opt.step()"
+        return f"MLP gradient written out (CPU), {type(self.opt).__name__} through {how}"
 
     def loss_sum(self):  # every step here, hand-over steps included, adds to these in Python
         return self.sum
@@ -185,8 +211,8 @@ class MLPStep(GraphedStep):
         xb = self.x if xb is None else xb
         yb = self.y if yb is None else yb
         if (xb is not self.x or yb is not self.y) and (
-                xb.dtype != self.x.dtype or xb.shape[1:] != self.x.shape[1:] or xb.device != self.x.device
-                or yb.dtype != torch.int64 or yb.dim() != 1 or len(yb) != len(xb)):
+                xb.dtype != self.dtype or xb.shape[1:] != self.row_shape or xb.device.type != "cpu"
+                or yb.dtype != torch.int64 or yb.dim() != 1 or len(yb) != len(xb) or (len(yb) and yb.min() < 0)):
             self.why_not = (f"a callback changed the batch to {tuple(xb.shape)} {xb.dtype} with {tuple(yb.shape)} "
                             f"{yb.dtype} labels")
             return False
@@ -224,15 +250,17 @@ class MLPStep(GraphedStep):
                 h = torch.relu(z)
                 acts.append(h)
         logp = torch.log_softmax(z, 0)                           # (C, N)
-        onehot = self.onehot.index_select(1, yb)                 # (C, N)
-        loss = torch.dot(logp.view(-1), onehot.view(-1)).div_(-n)  # mean NLL, in one op
+        rows = yb.view(1, n)                                     # each column's class, (1, N)
+        loss = logp.gather(0, rows).sum().div_(-n)               # mean NLL
         self.preds, self.loss = (logp if self.log_probs else z).t().contiguous(), loss  # as the model returns it, (N, C)
         value = loss.item()
         if not math.isfinite(value):
             self.nonfinite += 1  # the loop raises NonFiniteLossError before any update
             return
         self.sum += value * n
-        g = logp.exp().sub_(onehot).div_(n)                      # dL/dz, (C, N)
+        if self.minus_ones is None or self.minus_ones.shape[1] != n:
+            self.minus_ones = torch.full((1, n), -1.0, dtype=logp.dtype)
+        g = logp.exp().scatter_add_(0, rows, self.minus_ones).div_(n)  # dL/dz = (softmax - onehot) / N, (C, N)
         grads = {}
         for k in range(last, -1, -1):
             (w, b), lin, h = ws[k], self.linears[k], acts[k]
@@ -252,7 +280,9 @@ class MLPStep(GraphedStep):
                 p.grad = grads.get(p)  # None for a tensor that is not a Linear's: its forward never used it
             opt.step()
             self._drop_grads()
+            self.opt_steps += 1
             return
+        self.direct_steps += 1
         with torch.no_grad():
             for kernel, args, kwargs in calls:
                 kernel(*args, **kwargs)
@@ -262,9 +292,13 @@ class MLPStep(GraphedStep):
         when only `opt.step()` itself will do: another optimizer, hooks, options the kernel lacks, or a
         parameter without state yet (its first step creates it)."""
         opt, adamw = self.opt, self.kernel is torch._fused_adamw_
-        if (self.kernel is None or "step" in vars(opt) or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+        own_step = vars(opt).get("step")  # a wrapper on the instance: only torch's LR-scheduler tracker is known
+        if (self.kernel is None or (own_step is not None and not getattr(own_step, "_wrapped_by_lr_sched", False))
+                or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
                 or _optimizer._global_optimizer_pre_hooks or _optimizer._global_optimizer_post_hooks):
             return None
+        if own_step is not None:
+            opt._opt_called = True  # all that wrapper does besides calling step (lr_scheduler's order check)
         calls = []
         for group in opt.param_groups:
             params = group["params"]

@@ -335,6 +335,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     finally:
         if graphed is not None:
             graphed.end_epoch()  # plain float rates back in the param groups, even after an error
+            if hasattr(graphed, "describe") and (graphed.direct_steps or graphed.opt_steps):
+                history.info["step"] = graphed.describe()
         progress.close()
         if deterministic and not was_deterministic:
             torch.use_deterministic_algorithms(False)
@@ -356,7 +358,7 @@ def _stepper(run, dl, callbacks, fast):
             return None, f"eager: {why_not}"
         step = MLPStep(run.model, run.opt, run.crit, dl, plan)
         how = ("its fused kernel called directly" if step.kernel is not None and all(g.get("fused") for g in run.opt.param_groups)
-               else "opt.step()")
+               else "opt.step()")  # what it will do; after the fit, what it did (MLPStep.describe)
         return step, f"MLP gradient written out (CPU), {type(run.opt).__name__} through {how}"
     why_not = graph_plan(run, dl, callbacks, fast)
     if why_not:
@@ -482,12 +484,12 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
     order = dl.order(None if run.seed is None else run.seed + run.epoch)
     run.n_batches = n = dl.n_batches()
     gs.start_epoch()
-    pending, rows_done, bs = 0, 0, gs.bs
+    pending, rows_done, bs = 0, 0, dl.bs
     try:
         for i in range(n):
             run.batch, rows = i, bs if i < n - 1 else dl.rows(i)  # only the last batch can be short
             try:
-                graphed = rows == bs and not gs.why_not
+                graphed = rows == gs.bs and not gs.why_not
                 if graphed:
                     gs.load(order, i)
                     run.xb, run.yb = gs.x, gs.y
@@ -496,6 +498,9 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
                     run.xb, run.yb = dl.x[j], dl.y[j]
                 emit("before_batch")
                 emit("before_step")  # only graph-safe handlers (graph_plan): host state, rates
+                if run.opt is not gs.opt or run.crit is not gs.crit:  # the Run lets callbacks swap them
+                    gs.rebind(run.opt, run.crit)
+                    graphed = graphed and not gs.why_not
                 if not (graphed and gs.step(run.xb, run.yb)):
                     gs.eager(run.xb, run.yb)
                 run.preds, run.loss = gs.preds, gs.loss

@@ -59,7 +59,8 @@ def step_plan(run, dl, callbacks):
         return f"on_nan={run.on_nan!r} (skipping a step needs a host check per step)"
     if run.checkpoint_every:
         return "checkpoint_every (mid-epoch saves)"
-    if getattr(type(dl), "batches", None) is not ArrayLoader.batches or dl.y is None:
+    if (any(getattr(type(dl), m, None) is not getattr(ArrayLoader, m) for m in ("batches", "order", "n_batches", "rows"))
+            or dl.y is None):
         return f"the training data is a {type(dl).__name__}, not an ArrayLoader over (x, y) tensors"
     if dl.x.device != run.device:
         return f"the training tensors are on {dl.x.device}, the model on {run.device}"
@@ -124,11 +125,12 @@ class GraphedStep:
     ran = "graphed"   # what history.info["step"] says ran before the graph gave up
     check_every = 32  # steps between host reads of the non-finite flag (each one waits for the GPU)
 
-    def __init__(self, model, opt, crit, dl, amp_dtype, capture=True):
+    def __init__(self, model, opt, crit, dl, amp_dtype, capture=True, static=True):
         self.model, self.opt, self.crit, self.capture = model, opt, crit, capture
         self.dl, self.bs, device = dl, dl.bs, dl.x.device
-        self.x = torch.empty((dl.bs, *dl.x.shape[1:]), dtype=dl.x.dtype, device=device)
-        self.y = torch.empty((dl.bs, *dl.y.shape[1:]), dtype=dl.y.dtype, device=device)
+        # the static batch buffers (a subclass that gathers new tensors each step needs none)
+        self.x = torch.empty((dl.bs, *dl.x.shape[1:]), dtype=dl.x.dtype, device=device) if static else None
+        self.y = torch.empty((dl.bs, *dl.y.shape[1:]), dtype=dl.y.dtype, device=device) if static else None
         self.total = torch.zeros((), dtype=torch.float64, device=device)  # sum of loss * rows this epoch
         self.bad = torch.zeros((), dtype=torch.int32, device=device)  # non-finite losses this epoch
         self.autocast = (torch.autocast(device.type, dtype=getattr(torch, amp_dtype), cache_enabled=False)
@@ -144,6 +146,8 @@ class GraphedStep:
         self.total.zero_()
         self.bad.zero_()
         self.recaptures = 0  # "every step" is judged within an epoch
+        if self.dl.bs != self.bs:  # a callback changed the loader's batch size: the buffers no longer fit
+            self.why_not = f"the loader's batch size changed from {self.bs} to {self.dl.bs}"
         if self.capture:  # the captured kernels read the rates from these tensors
             for g, t in zip(self.opt.param_groups, self.lrs):
                 t.fill_(float(g["lr"]))
@@ -167,6 +171,13 @@ class GraphedStep:
         else:
             torch.index_select(self.dl.x, 0, idx, out=self.x)
             torch.index_select(self.dl.y, 0, idx, out=self.y)
+
+    def rebind(self, opt, crit):
+        """A callback replaced `run.opt` or `run.crit`: the captured step used the old ones, so the
+        rest of the fit runs eagerly, with the new ones."""
+        self.opt, self.crit = opt, crit
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.why_not = "a callback replaced the optimizer or the loss"
 
     def loss_sum(self):
         """Sum of loss x rows over this epoch's steps (one host read)."""
