@@ -142,6 +142,7 @@ class MLPStep(GraphedStep):
         self.kernel = _KERNELS.get(type(opt))
         self.sum, self.nonfinite, self.weights, self.minus_ones = 0.0, 0, None, None
         self.direct_steps = self.opt_steps = 0
+        self.params_key = None
 
     def start_epoch(self):
         self.sum, self.nonfinite = 0.0, 0
@@ -172,7 +173,11 @@ class MLPStep(GraphedStep):
 
     def _opt_params(self):
         """The optimizer's parameters now (a callback may add a param group mid-fit)."""
-        return [p for g in self.opt.param_groups for p in g["params"]]
+        groups = self.opt.param_groups
+        key = (self.opt, len(groups), *(len(g["params"]) for g in groups))
+        if key != self.params_key:
+            self.params_key, self.params = key, [p for g in groups for p in g["params"]]
+        return self.params
 
     def _drop_grads(self):
         for p in self._opt_params():
@@ -264,20 +269,20 @@ class MLPStep(GraphedStep):
         grads = {}
         for k in range(last, -1, -1):
             (w, b), lin, h = ws[k], self.linears[k], acts[k]
-            grads[lin.weight] = g.mm(h.t())                      # (out, in)
+            grads[id(lin.weight)] = g.mm(h.t())                  # (out, in)
             if b is not None:
-                grads[lin.bias] = g.sum(1)                       # (out,)
+                grads[id(lin.bias)] = g.sum(1)                   # (out,)
             if k:
                 g = torch.ops.aten.threshold_backward(w.t().mm(g), h, 0)  # (in, N), zero where relu was 0
         self._update(grads)
 
     def _update(self, grads):
-        """Apply `grads` ({param: gradient}) as `opt.step()` would."""
+        """Apply `grads` ({id(param): gradient}: ids hash in C, tensors in Python) as `opt.step()` would."""
         opt = self.opt
         calls = self._direct_calls(grads)
         if calls is None:
             for p in self._opt_params():
-                p.grad = grads.get(p)  # None for a tensor that is not a Linear's: its forward never used it
+                p.grad = grads.get(id(p))  # None for a tensor that is not a Linear's: its forward never used it
             opt.step()
             self._drop_grads()
             self.opt_steps += 1
@@ -304,7 +309,7 @@ class MLPStep(GraphedStep):
             params = group["params"]
             if not params:  # torch's own fused steps return early on an empty group
                 continue
-            if any(p not in grads for p in params):
+            if any(id(p) not in grads for p in params):
                 return None
             if (not group.get("fused") or group.get("differentiable") or group.get("capturable")
                     or isinstance(group["lr"], torch.Tensor)):
@@ -314,7 +319,7 @@ class MLPStep(GraphedStep):
                 momentum = group["momentum"]
                 if momentum and not all(s and s.get("momentum_buffer") is not None for s in state):
                     return None
-                calls.append((self.kernel, (params, [grads[p] for p in params],
+                calls.append((self.kernel, (params, [grads[id(p)] for p in params],
                                             [s["momentum_buffer"] for s in state] if momentum else []),
                               dict(weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
                                    dampening=group["dampening"], nesterov=group["nesterov"],
@@ -326,7 +331,7 @@ class MLPStep(GraphedStep):
                 return None
             steps = [s["step"] for s in state]
             calls.append((torch._foreach_add_, (steps, 1), {}))  # as torch.optim.adam._fused_adam does first
-            calls.append((self.kernel, (params, [grads[p] for p in params], [s["exp_avg"] for s in state],
+            calls.append((self.kernel, (params, [grads[id(p)] for p in params], [s["exp_avg"] for s in state],
                                         [s["exp_avg_sq"] for s in state], [], steps),
                           dict(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                                eps=group["eps"], amsgrad=False, maximize=group["maximize"])))
