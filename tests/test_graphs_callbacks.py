@@ -148,6 +148,27 @@ def test_a_hyperparameter_changed_once_per_epoch_keeps_the_graph(monkeypatch):
 # ---- CancelBatch from a graph-safe before_step: the same steps; the graphed loop never computed
 # that batch's loss, so trn_loss leaves it out (documented in graphs.py)
 
+def test_an_optimizer_swapped_in_by_a_callback_ends_the_graph_and_is_used(monkeypatch):
+    class Swap:  # the Run lets a callback replace run.opt (used from the next epoch); the graph holds the old one
+        def before_epoch(self, run):
+            if run.epoch == 1:
+                run.opt = optim.SGD(run.model.parameters(), lr=0.0)
+    eager, _ = train(logreg, False, monkeypatch, callbacks=[Swap()])
+    static, h = train(logreg, True, monkeypatch, callbacks=[Swap()])
+    assert h.info["step"] == "eager: a callback replaced the optimizer or the loss (graphed until epoch 1)"
+    assert same_weights(eager, static)
+
+
+def test_a_batch_size_changed_between_epochs_ends_the_graph(monkeypatch):
+    class Bigger:
+        def before_epoch(self, run):
+            run.data.trn_dl.bs = 64 + 36 * run.epoch
+    eager, _ = train(logreg, False, monkeypatch, callbacks=[Bigger()])
+    static, h = train(logreg, True, monkeypatch, callbacks=[Bigger()])
+    assert h.info["step"] == "eager: the loader's batch size changed from 64 to 100 (graphed until epoch 1)"
+    assert same_weights(eager, static)
+
+
 def test_cancel_batch_in_before_step_skips_the_same_step(monkeypatch):
     class SkipStep5:
         graph_safe = True

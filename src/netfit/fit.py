@@ -69,7 +69,8 @@ class Callback:
 
 @dataclass
 class Run:
-    """Everything a callback may look at or change during `fit`."""
+    """Everything a callback may look at or change during `fit` (an `opt` or `crit` replaced by a
+    callback is used from the next epoch on, by every training step)."""
     model: nn.Module
     data: object
     opt: torch.optim.Optimizer
@@ -483,6 +484,8 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
     run.model.train()
     order = dl.order(None if run.seed is None else run.seed + run.epoch)
     run.n_batches = n = dl.n_batches()
+    if run.opt is not gs.opt or run.crit is not gs.crit:  # a callback swapped them: as the eager loop, from this epoch
+        gs.rebind(run.opt, run.crit)
     gs.start_epoch()
     pending, rows_done, bs = 0, 0, dl.bs
     try:
@@ -498,9 +501,6 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
                     run.xb, run.yb = dl.x[j], dl.y[j]
                 emit("before_batch")
                 emit("before_step")  # only graph-safe handlers (graph_plan): host state, rates
-                if run.opt is not gs.opt or run.crit is not gs.crit:  # the Run lets callbacks swap them
-                    gs.rebind(run.opt, run.crit)
-                    graphed = graphed and not gs.why_not
                 if not (graphed and gs.step(run.xb, run.yb)):
                     gs.eager(run.xb, run.yb)
                 run.preds, run.loss = gs.preds, gs.loss

@@ -148,7 +148,7 @@ class GraphedStep:
         self.recaptures = 0  # "every step" is judged within an epoch
         if self.dl.bs != self.bs:  # a callback changed the loader's batch size: the buffers no longer fit
             self.why_not = f"the loader's batch size changed from {self.bs} to {self.dl.bs}"
-        if self.capture:  # the captured kernels read the rates from these tensors
+        if self.capture and not self.why_not:  # the captured kernels read the rates from these tensors
             for g, t in zip(self.opt.param_groups, self.lrs):
                 t.fill_(float(g["lr"]))
                 g["lr"] = t
