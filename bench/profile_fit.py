@@ -6,9 +6,11 @@
 Five views of the same epoch (782 steps), each in microseconds per step, from the least disturbed of
 a few epochs (the minimum: other load on the machine only ever adds time):
   1. `fit` itself, timed from the start of an epoch to its last step (validation is not counted).
-  2. The work any loop must do, cut into phases with a clock around each: batch gather, forward,
-     loss, zero_grad, backward, optimizer step, loss bookkeeping. What `fit` costs beyond their sum
-     is its own (callback events, Run attributes, per-step checks such as a finite-loss test).
+  2. The work an autograd loop must do, cut into phases with a clock around each: batch gather,
+     forward, loss, zero_grad, backward, optimizer step, loss bookkeeping. For a model `fit` trains
+     through autograd, what it costs beyond their sum is its own (callback events, Run attributes,
+     per-step checks); for the lesson's MLPs on the CPU, which it trains with the gradient written
+     out (analytic.py), the difference is what that step saves.
   3. The optimizer step with Adam's three implementations (for-loop, foreach, fused).
   4. Cutting the batches alone: netfit's ArrayLoader, the same with index_select, a DataLoader.
   5. torch.profiler's op table and cProfile's function table over one epoch of `fit`.
@@ -151,8 +153,9 @@ def main():
     data = load()
     print(f"{args.model}, bs {BS}, torch {torch.__version__}, {torch.get_num_threads()} threads; us per step")
     step, info = fit_us_per_step(args.model, data)
-    print(f"fit, whole step: {step:7.1f}   ({info.get('optimizer', 'optimizer as given')})")
-    # the phases with the optimizer fit ran, so that their sum is comparable with fit's step
+    print(f"fit, whole step: {step:7.1f}   ({info.get('optimizer', 'optimizer as given')}; {info.get('step')})")
+    # the phases of the autograd loop, with the optimizer fit ran; when fit wrote the MLP's gradient
+    # out (analytic.py) instead, "fit minus sum" is what that saved (negative), not fit's own overhead
     phases = phases_us_per_step(args.model, data, {"fused": True} if "fused" in info.get("optimizer", "") else None)
     for k, v in phases.items():
         print(f"  {k:<12} {v:7.1f}")
