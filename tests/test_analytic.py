@@ -401,3 +401,22 @@ def test_a_torch_lr_scheduler_keeps_the_direct_kernel(monkeypatch):
     assert_twins(*runs, atol=3e-5)
     assert runs[1][2].info["step"].endswith("Adam through its fused kernel called directly")
     assert [r["lr"] for r in runs[1][2].records] == [1e-2, 5e-3]  # the rate each epoch trained with
+
+
+def test_a_loader_whose_order_holds_half_the_rows(monkeypatch):
+    class Half(ArrayLoader):  # each epoch trains on a random half of the rows, as its batches() would
+        def order(self, seed=None):
+            return super().order(seed)[: len(self.x) // 2]
+    runs = []
+    for written in (False, True):
+        with monkeypatch.context() as m:
+            if not written:
+                m.setattr(fit_module, "mlp_plan", lambda *a: (None, "test: autograd"))
+            torch.manual_seed(0)
+            net = small_mlp()
+            md = data()
+            dl = Half(md.trn_dl.x, md.trn_dl.y, bs=64, shuffle=True)
+            o = optim.Adam(net.parameters(), 1e-2)
+            runs.append((net, o, fit(net, (dl, md.val_dl), 2, o, metrics=[accuracy], verbose=False, seed=1)))
+    assert runs[1][2].info["step"].startswith("MLP gradient written out")
+    assert_twins(*runs, atol=3e-5)

@@ -483,14 +483,15 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
     last batch, and every batch after the graph gives up (`gs.why_not`), run eagerly."""
     run.model.train()
     order = dl.order(None if run.seed is None else run.seed + run.epoch)
-    run.n_batches = n = dl.n_batches()
+    bs, m = dl.bs, len(order) if order is not None else len(dl.x)  # as ArrayLoader.batches: a subclass's order may hold fewer rows
+    run.n_batches = n = m // bs if dl.drop_last else math.ceil(m / bs)
     if run.opt is not gs.opt or run.crit is not gs.crit:  # a callback swapped them: as the eager loop, from this epoch
         gs.rebind(run.opt, run.crit)
     gs.start_epoch()
-    pending, rows_done, bs = 0, 0, dl.bs
+    pending, rows_done = 0, 0
     try:
         for i in range(n):
-            run.batch, rows = i, bs if i < n - 1 else dl.rows(i)  # only the last batch can be short
+            run.batch, rows = i, min(bs, m - i * bs)  # only the last batch can be short
             try:
                 graphed = rows == gs.bs and not gs.why_not
                 if graphed:

@@ -59,8 +59,7 @@ def step_plan(run, dl, callbacks):
         return f"on_nan={run.on_nan!r} (skipping a step needs a host check per step)"
     if run.checkpoint_every:
         return "checkpoint_every (mid-epoch saves)"
-    if (any(getattr(type(dl), m, None) is not getattr(ArrayLoader, m) for m in ("batches", "order", "n_batches", "rows"))
-            or dl.y is None):
+    if getattr(type(dl), "batches", None) is not ArrayLoader.batches or dl.y is None:  # the loop does what batches does
         return f"the training data is a {type(dl).__name__}, not an ArrayLoader over (x, y) tensors"
     if dl.x.device != run.device:
         return f"the training tensors are on {dl.x.device}, the model on {run.device}"
@@ -202,7 +201,7 @@ class GraphedStep:
 
     def _sync_hyper(self):
         """Copy rates written as floats into the device tensors; True if another hyperparameter changed."""
-        if self.capture:
+        if self.capture and not self.why_not:  # after giving up, an optimizer a callback swapped in keeps float rates
             for g, t in zip(self.opt.param_groups, self.lrs):
                 if g["lr"] is not t:
                     t.fill_(float(g["lr"]))
