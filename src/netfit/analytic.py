@@ -76,11 +76,11 @@ def mlp_plan(model, crit, opt, dl, amp_dtype):
         >>> mlp_plan(nn.Sequential(nn.Linear(4, 2), nn.Tanh()), nn.CrossEntropyLoss(), opt, dl, None)[1]
         'the model is not Linear layers with ReLU between them'
     """
-    if amp_dtype:
-        return None, f"{amp_dtype} autocast"
     layers = _layers(model)
     if isinstance(layers, str):
         return None, layers
+    if amp_dtype:
+        return None, f"{amp_dtype} autocast"
     flatten, linears, log_softmax = layers
     if _has_hooks(model):
         return None, "the model has hooks"
