@@ -48,6 +48,16 @@ def step_plan(run, dl, callbacks):
     What any stepper there needs: one process, one batch per optimizer step, a bf16 or no autocast,
     NaN checks that may stop the fit, no mid-epoch checkpoints, an `ArrayLoader` over (x, y) tensors
     on the model's device, and no callback handling an event inside the step.
+
+    Example:
+        >>> from torch import nn
+        >>> from netfit.fit import Run
+        >>> from netfit.history import History
+        >>> net = nn.Linear(2, 2); opt = torch.optim.SGD(net.parameters(), 0.1)
+        >>> run = Run(net, None, opt, nn.CrossEntropyLoss(), [], 1, History(), torch.device("cpu"))
+        >>> dl = ArrayLoader(torch.randn(8, 2), torch.arange(8) % 2, bs=4)
+        >>> step_plan(run, dl, []), step_plan(run, [(dl.x, dl.y)], [])
+        (None, 'the training data is a list, not an ArrayLoader over (x, y) tensors')
     """
     if run.world > 1:
         return "distributed (DDP) training"
