@@ -20,7 +20,9 @@ there), so `set_lrs` and schedules keep working: a float written into a param gr
 its tensor before the next replay. A change of any other hyperparameter (momentum, betas, weight
 decay) after capture means a recapture; a callback that changes one every step ends the graph and
 the rest of the fit runs eagerly (e.g. `one_cycle` with `moms`; pass `moms=None` to keep the graph).
-So does a change of which parameters train or of a layer's train/eval mode.
+So does a change of which parameters train or of a layer's train/eval mode, and, from the next epoch,
+a callback that replaces `run.opt` or `run.crit` or changes the loader's batch size (`rebind`,
+`start_epoch`).
 
 What callbacks see: `run.xb`, `run.yb`, `run.preds` and `run.loss` are the graph's buffers, reused
 from batch to batch (clone them to keep one); `before_step` handlers (graph-safe ones only) run
