@@ -25,15 +25,17 @@ def data(n=1000, n_valid=200, bs=64, seed=0, dims=(784,)):
 
 
 def train(make, written, monkeypatch, epochs=2, opt=lambda ps: optim.Adam(ps, 1e-2), crit=None, dims=(784,),
-          verbose=False, **kw):
-    """Fit from a fixed init; `written=False` forces autograd's eager loop (the reference)."""
+          verbose=False, loaders=None, **kw):
+    """Fit from a fixed init; `written=False` forces autograd's eager loop (the reference). `loaders()`
+    gives the data to fit on (default: `data(dims=dims)`)."""
     with monkeypatch.context() as m:
         if not written:
             m.setattr(fit_module, "mlp_plan", lambda *a: (None, "test: autograd"))
         torch.manual_seed(0)
         net = make()
         o = opt(net.parameters())
-        h = fit(net, data(dims=dims), epochs, o, crit or nn.NLLLoss(), [accuracy], verbose=verbose, seed=1, **kw)
+        md = loaders() if loaders else data(dims=dims)
+        h = fit(net, md, epochs, o, crit or nn.NLLLoss(), [accuracy], verbose=verbose, seed=1, **kw)
     assert h.info["step"].startswith("MLP gradient written out") == written, h.info["step"]
     return net, o, h
 
@@ -383,21 +385,13 @@ def test_a_batch_size_changed_between_epochs_still_covers_every_row(monkeypatch)
 
 def test_a_torch_lr_scheduler_keeps_the_direct_kernel(monkeypatch):
     from netfit.callbacks import TorchScheduler
-    sched = []
+    callbacks = []
 
-    def opt(ps):
+    def opt(ps):  # the scheduler wraps this run's optimizer's step; fit gets it through `callbacks`
         o = optim.Adam(ps, 1e-2)
-        sched.append(TorchScheduler(torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5)))
+        callbacks[:] = [TorchScheduler(torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5))]
         return o
-    runs = []
-    for written in (False, True):
-        with monkeypatch.context() as m:
-            if not written:
-                m.setattr(fit_module, "mlp_plan", lambda *a: (None, "test: autograd"))
-            torch.manual_seed(0)
-            net = small_mlp()
-            o = opt(net.parameters())
-            runs.append((net, o, fit(net, data(), 2, o, metrics=[accuracy], callbacks=[sched[-1]], verbose=False, seed=1)))
+    runs = [train(small_mlp, w, monkeypatch, opt=opt, callbacks=callbacks) for w in (False, True)]
     assert_twins(*runs, atol=3e-5)
     assert runs[1][2].info["step"].endswith("Adam through its fused kernel called directly")
     assert [r["lr"] for r in runs[1][2].records] == [1e-2, 5e-3]  # the rate each epoch trained with
@@ -407,16 +401,10 @@ def test_a_loader_whose_order_holds_half_the_rows(monkeypatch):
     class Half(ArrayLoader):  # each epoch trains on a random half of the rows, as its batches() would
         def order(self, seed=None):
             return super().order(seed)[: len(self.x) // 2]
-    runs = []
-    for written in (False, True):
-        with monkeypatch.context() as m:
-            if not written:
-                m.setattr(fit_module, "mlp_plan", lambda *a: (None, "test: autograd"))
-            torch.manual_seed(0)
-            net = small_mlp()
-            md = data()
-            dl = Half(md.trn_dl.x, md.trn_dl.y, bs=64, shuffle=True)
-            o = optim.Adam(net.parameters(), 1e-2)
-            runs.append((net, o, fit(net, (dl, md.val_dl), 2, o, metrics=[accuracy], verbose=False, seed=1)))
+
+    def loaders():
+        md = data()
+        return Half(md.trn_dl.x, md.trn_dl.y, bs=64, shuffle=True), md.val_dl
+    runs = [train(small_mlp, w, monkeypatch, loaders=loaders) for w in (False, True)]
     assert runs[1][2].info["step"].startswith("MLP gradient written out")
     assert_twins(*runs, atol=3e-5)

@@ -161,8 +161,13 @@ class MLPStep(GraphedStep):
             self.why_not = f"a callback replaced the optimizer or the loss: {why_not}"
 
     def describe(self):
-        """What `history.info["step"]` says: the optimizer's fused kernel called directly or `opt.step()`."""
-        how = "its fused kernel called directly" if self.direct_steps >= self.opt_steps else "opt.step()"
+        """What `history.info["step"]` says: the optimizer's fused kernel called directly or `opt.step()`
+        (what most steps did; before any step, what they will do if nothing changes)."""
+        if self.direct_steps or self.opt_steps:
+            direct = self.direct_steps >= self.opt_steps
+        else:
+            direct = self.kernel is not None and all(g.get("fused") for g in self.opt.param_groups)
+        how = "its fused kernel called directly" if direct else "opt.step()"
         return f"MLP gradient written out (CPU), {type(self.opt).__name__} through {how}"
 
     def loss_sum(self):  # every step here, hand-over steps included, adds to these in Python

@@ -336,7 +336,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     finally:
         if graphed is not None:
             graphed.end_epoch()  # plain float rates back in the param groups, even after an error
-            if hasattr(graphed, "describe") and (graphed.direct_steps or graphed.opt_steps):
+            if hasattr(graphed, "describe"):
                 history.info["step"] = graphed.describe()
         progress.close()
         if deterministic and not was_deterministic:
@@ -358,9 +358,7 @@ def _stepper(run, dl, callbacks, fast):
         if why_not:
             return None, f"eager: {why_not}"
         step = MLPStep(run.model, run.opt, run.crit, dl, plan)
-        how = ("its fused kernel called directly" if step.kernel is not None and all(g.get("fused") for g in run.opt.param_groups)
-               else "opt.step()")  # what it will do; after the fit, what it did (MLPStep.describe)
-        return step, f"MLP gradient written out (CPU), {type(run.opt).__name__} through {how}"
+        return step, step.describe()  # what it will do; after the fit, what it did
     why_not = graph_plan(run, dl, callbacks, fast)
     if why_not:
         return None, f"eager: {why_not}"
