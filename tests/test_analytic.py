@@ -104,12 +104,13 @@ def test_history_says_which_step_and_kernel_ran(monkeypatch, capsys):
 @pytest.mark.parametrize("opt", [lambda ps: optim.Adam(ps, 1e-2), lambda ps: optim.SGD(ps, 0.1, momentum=0.9)])
 def test_the_fused_kernel_is_called_directly_after_the_first_step(opt, monkeypatch):
     calls = []
-    real = MLPStep._update
+    real = MLPStep._kernel_groups
 
-    def spy(self, grads):
-        calls.append(self._direct_calls(grads) is not None)
-        real(self, grads)
-    monkeypatch.setattr(MLPStep, "_update", spy)
+    def spy(self):
+        groups = real(self)
+        calls.append(groups is not None)
+        return groups
+    monkeypatch.setattr(MLPStep, "_kernel_groups", spy)
     train(mlp, True, monkeypatch, epochs=1, opt=opt)
     assert calls[0] is False and all(calls[1:]) and len(calls) == 16  # the first creates the state
 

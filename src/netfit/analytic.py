@@ -24,6 +24,7 @@ callback handling `after_loss`/`after_backward`/`before_step`, no accumulation..
 changes the batch's shape or freezes a layer hands the rest of the fit to the eager loop.
 """
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,8 @@ from .graphs import GraphedStep
 __all__ = ["MLPStep", "mlp_plan"]
 
 _KERNELS = {torch.optim.Adam: torch._fused_adam_, torch.optim.AdamW: torch._fused_adamw_, torch.optim.SGD: torch._fused_sgd_}
+
+_requires_grad = operator.attrgetter("requires_grad")
 
 _GLOBAL_MODULE_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                         "_global_backward_pre_hooks")
@@ -142,11 +145,12 @@ class MLPStep(GraphedStep):
         self.kernel = _KERNELS.get(type(opt))
         self.sum, self.nonfinite, self.weights, self.minus_ones = 0.0, 0, None, None
         self.direct_steps = self.opt_steps = 0
-        self.params_key = None
+        self.params_key = self.order = self.kernel_cache = None
 
     def start_epoch(self):
         self.sum, self.nonfinite = 0.0, 0
         self.bs = self.dl.bs  # a callback may change the loader's batch size: nothing here is sized by it
+        self.order = None  # `load` cuts this epoch's order afresh (a loader may reuse one tensor for it)
         if _has_hooks(self.model):  # e.g. added by a callback's before_fit
             self.why_not = "the model has hooks"
 
@@ -203,6 +207,8 @@ class MLPStep(GraphedStep):
         if ws is None:
             ws = self.weights = [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()[:, None])  # b (out, 1)
                                  for lin in self.linears]
+            ps = [p for lin in reversed(self.linears) for p in (lin.weight, lin.bias) if p is not None]
+            self.slots = {id(p): j for j, p in enumerate(ps)}  # where `_train` puts each parameter's gradient
         return ws
 
     def load(self, order, i):
@@ -211,9 +217,10 @@ class MLPStep(GraphedStep):
         bs, dl = self.bs, self.dl
         if order is None:
             self.x, self.y = dl.x[i * bs:(i + 1) * bs], dl.y[i * bs:(i + 1) * bs]
-        else:
-            idx = order[i * bs:(i + 1) * bs]
-            self.x, self.y = dl.x.index_select(0, idx), dl.y.index_select(0, idx)
+            return
+        if order is not self.order:  # once an epoch: its index cut into batches, and the labels in that order
+            self.order, self.batch_idx, self.batch_y = order, order.split(bs), dl.y.index_select(0, order).split(bs)
+        self.x, self.y = dl.x.index_select(0, self.batch_idx[i]), self.batch_y[i]
 
     def step(self, xb=None, yb=None):
         """Train on a batch (default: the one `load` gathered); False (and `why_not`) when the batch or
@@ -226,7 +233,7 @@ class MLPStep(GraphedStep):
             self.why_not = (f"a callback changed the batch to {tuple(xb.shape)} {xb.dtype} with {tuple(yb.shape)} "
                             f"{yb.dtype} labels")
             return False
-        if not all(p.requires_grad for p in self._opt_params()):
+        if not all(map(_requires_grad, self._opt_params())):
             self.why_not = "a callback froze some of the optimizer's parameters"
             return False
         self._train(xb, yb)
@@ -271,37 +278,52 @@ class MLPStep(GraphedStep):
         if self.minus_ones is None or self.minus_ones.shape[1] != n:
             self.minus_ones = torch.full((1, n), -1.0, dtype=logp.dtype)
         g = logp.exp().scatter_add_(0, rows, self.minus_ones).div_(n)  # dL/dz = (softmax - onehot) / N, (C, N)
-        grads = {}
+        grads = []                                               # in `self.slots` order: last layer first
         for k in range(last, -1, -1):
-            (w, b), lin, h = ws[k], self.linears[k], acts[k]
-            grads[id(lin.weight)] = g.mm(h.t())                  # (out, in)
+            (w, b), h = ws[k], acts[k]
+            grads.append(g.mm(h.t()))                            # (out, in)
             if b is not None:
-                grads[id(lin.bias)] = g.sum(1)                   # (out,)
+                grads.append(g.sum(1))                           # (out,)
             if k:
                 g = torch.ops.aten.threshold_backward(w.t().mm(g), h, 0)  # (in, N), zero where relu was 0
         self._update(grads)
 
     def _update(self, grads):
-        """Apply `grads` ({id(param): gradient}: ids hash in C, tensors in Python) as `opt.step()` would."""
-        opt = self.opt
-        calls = self._direct_calls(grads)
-        if calls is None:
+        """Apply `grads` (one per parameter, in `self.slots` order) as `opt.step()` would."""
+        groups = self._kernel_groups()
+        if groups is None:
+            slots = self.slots
             for p in self._opt_params():
-                p.grad = grads.get(id(p))  # None for a tensor that is not a Linear's: its forward never used it
-            opt.step()
+                j = slots.get(id(p))  # None for a tensor that is not a Linear's: its forward never used it
+                p.grad = None if j is None else grads[j]
+            self.opt.step()
             self._drop_grads()
             self.opt_steps += 1
             return
         self.direct_steps += 1
-        with torch.no_grad():
-            for kernel, args, kwargs in calls:
-                kernel(*args, **kwargs)
+        for group, params, at, bufs in groups:
+            if self.kernel is torch._fused_sgd_:
+                momentum = group["momentum"]
+                self.kernel(params, [grads[j] for j in at], bufs if momentum else [],
+                            weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
+                            dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"],
+                            is_first_step=False)
+                continue
+            exp_avgs, exp_avg_sqs, steps = bufs
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(steps, 1)  # as torch.optim.adam._fused_adam does first
+            self.kernel(params, [grads[j] for j in at], exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"],
+                        beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                        amsgrad=False, maximize=group["maximize"])
 
-    def _direct_calls(self, grads):
-        """The fused-kernel calls `opt.step()` would make now (a list of (kernel, args, kwargs)), or None
-        when only `opt.step()` itself will do: another optimizer, hooks, options the kernel lacks, or a
-        parameter without state yet (its first step creates it)."""
-        opt, adamw = self.opt, self.kernel is torch._fused_adamw_
+    def _kernel_groups(self):
+        """What the fused kernel takes for each non-empty param group: `(group, params, grad slots, state)`,
+        the parameters as detached aliases (in-place updates need no `torch.no_grad()`) and `state` the
+        optimizer's buffers. None when this step must go through `opt.step()`: another optimizer, hooks,
+        options the kernel lacks, or a parameter without state yet (its first step creates it). Kept from
+        step to step until the groups, the state or a parameter's storage is replaced; the hyperparameters
+        are read from the groups at every step (a schedule changes them)."""
+        opt = self.opt
         own_step = vars(opt).get("step")  # a wrapper on the instance: only torch's LR-scheduler tracker is known
         if (self.kernel is None or (own_step is not None and not getattr(own_step, "_wrapped_by_lr_sched", False))
                 or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
@@ -309,35 +331,48 @@ class MLPStep(GraphedStep):
             return None
         if own_step is not None:
             opt._opt_called = True  # all that wrapper does besides calling step (lr_scheduler's order check)
-        calls = []
+        sgd, adamw = self.kernel is torch._fused_sgd_, self.kernel is torch._fused_adamw_
+        for group in opt.param_groups:
+            if group["params"] and (
+                    not group.get("fused") or group.get("differentiable") or group.get("capturable")
+                    or isinstance(group["lr"], torch.Tensor)
+                    or (not sgd and (group["amsgrad"] or isinstance(group["betas"][0], torch.Tensor)
+                                     or isinstance(group["betas"][1], torch.Tensor)
+                                     or group.get("decoupled_weight_decay", adamw) != adamw))):
+                return None
+        cache, groups = self.kernel_cache, opt.param_groups
+        sizes = [len(g["params"]) for g in groups]  # a callback may add a group, or a parameter to one
+        if (cache is None or cache[0] is not groups or cache[1] is not opt.state or cache[2] is not self.weights
+                or cache[3] != sizes or not all(map(operator.is_, map(opt.state.get, cache[4]), cache[5]))):
+            cache = self.kernel_cache = self._kernel_args(sizes)
+            if cache is None:
+                return None
+        groups = cache[6]
+        if sgd and any(g["momentum"] and bufs is None for g, _, _, bufs in groups):
+            self.kernel_cache = None  # momentum turned on: `opt.step()` makes the buffers, then a new cache
+            return None
+        return groups
+
+    def _kernel_args(self, sizes):
+        """`_kernel_groups`' cache: what it was made from (the groups, the state, the weights, the groups'
+        sizes, the parameters and their state dicts) and its groups; None while some state is missing."""
+        opt, sgd = self.opt, self.kernel is torch._fused_sgd_
+        every, states, groups = [], [], []
         for group in opt.param_groups:
             params = group["params"]
             if not params:  # torch's own fused steps return early on an empty group
                 continue
-            if any(id(p) not in grads for p in params):
-                return None
-            if (not group.get("fused") or group.get("differentiable") or group.get("capturable")
-                    or isinstance(group["lr"], torch.Tensor)):
+            if any(id(p) not in self.slots for p in params):
                 return None
             state = [opt.state.get(p) for p in params]
-            if self.kernel is torch._fused_sgd_:
-                momentum = group["momentum"]
-                if momentum and not all(s and s.get("momentum_buffer") is not None for s in state):
-                    return None
-                calls.append((self.kernel, (params, [grads[id(p)] for p in params],
-                                            [s["momentum_buffer"] for s in state] if momentum else []),
-                              dict(weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
-                                   dampening=group["dampening"], nesterov=group["nesterov"],
-                                   maximize=group["maximize"], is_first_step=False)))
-                continue
-            beta1, beta2 = group["betas"]
-            if (group["amsgrad"] or isinstance(beta1, torch.Tensor) or isinstance(beta2, torch.Tensor)
-                    or group.get("decoupled_weight_decay", adamw) != adamw or not all(s and "step" in s for s in state)):
+            if sgd:
+                bufs = [s.get("momentum_buffer") for s in state] if all(state) else [None]
+                bufs = None if any(b is None for b in bufs) else bufs
+            elif all(s and "step" in s for s in state):
+                bufs = [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state], [s["step"] for s in state]
+            else:
                 return None
-            steps = [s["step"] for s in state]
-            calls.append((torch._foreach_add_, (steps, 1), {}))  # as torch.optim.adam._fused_adam does first
-            calls.append((self.kernel, (params, [grads[id(p)] for p in params], [s["exp_avg"] for s in state],
-                                        [s["exp_avg_sq"] for s in state], [], steps),
-                          dict(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                               eps=group["eps"], amsgrad=False, maximize=group["maximize"])))
-        return calls
+            every += params
+            states += state
+            groups.append((group, [p.detach() for p in params], [self.slots[id(p)] for p in params], bufs))
+        return opt.param_groups, opt.state, self.weights, sizes, every, states, groups
