@@ -409,3 +409,43 @@ def test_a_loader_whose_order_holds_half_the_rows(monkeypatch):
     runs = [train(small_mlp, w, monkeypatch, loaders=loaders) for w in (False, True)]
     assert runs[1][2].info["step"].startswith("MLP gradient written out")
     assert_twins(*runs, atol=3e-5)
+
+
+class RewindState:
+    """At batch 5 of epoch 1 the optimizer goes back to its state after epoch 0 (load_state_dict: new
+    state tensors), and at batch 9 its state is cleared (Adam then starts over; SGD's momentum restarts)."""
+
+    def after_epoch(self, run):
+        if run.epoch == 0:
+            self.saved = run.opt.state_dict()
+
+    def after_batch(self, run):
+        if run.epoch == 1 and run.batch == 5:
+            run.opt.load_state_dict(self.saved)
+        if run.epoch == 1 and run.batch == 9:
+            run.opt.state.clear()
+
+
+@pytest.mark.parametrize("opt", [lambda ps: optim.Adam(ps, 1e-2), lambda ps: optim.SGD(ps, 0.05, momentum=0.9)])
+def test_optimizer_state_reloaded_or_cleared_mid_fit(opt, monkeypatch):
+    (_, opt_a, _), (_, opt_b, _) = twins(small_mlp, opt, lambda: [RewindState()], monkeypatch)
+    assert len(opt_a.state) == len(opt_b.state) == 4
+
+
+def test_momentum_switched_on_mid_fit(monkeypatch):
+    class MomentumOn:  # SGD's momentum buffers appear only from epoch 1
+        def before_epoch(self, run):
+            if run.epoch == 1:
+                run.opt.param_groups[0]["momentum"] = 0.9
+    calls = []
+    real = MLPStep._kernel_groups
+
+    def spy(self):
+        groups = real(self)
+        calls.append(groups is not None)
+        return groups
+    monkeypatch.setattr(MLPStep, "_kernel_groups", spy)
+    (_, opt_a, _), (_, opt_b, _) = twins(small_mlp, lambda ps: optim.SGD(ps, 0.05), lambda: [MomentumOn()],
+                                         monkeypatch)
+    assert all(s["momentum_buffer"] is not None for s in opt_b.state.values()) and len(opt_b.state) == 4
+    assert calls.count(False) == 1 and len(calls) == 32  # one opt.step() to make the buffers, then direct again
