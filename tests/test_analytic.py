@@ -1,6 +1,7 @@
 """The CPU step with the MLP gradient written out (analytic.py) against its twin, autograd's eager loop:
 the same weights, optimizer state, losses and events; `mlp_plan` keeps every other model eager."""
 import importlib
+import itertools
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn, optim
 
 from netfit import ImageClassifierData, NonFiniteLossError, accuracy, fit, one_cycle
-from netfit.analytic import MLPStep, mlp_plan
+from netfit import analytic
+from netfit.analytic import MLPStep, ThreadTrial, mlp_plan
 from netfit.data import ArrayLoader
 from netfit.models import logreg, mlp
 
@@ -449,3 +451,63 @@ def test_momentum_switched_on_mid_fit(monkeypatch):
                                          monkeypatch)
     assert all(s["momentum_buffer"] is not None for s in opt_b.state.values()) and len(opt_b.state) == 4
     assert calls.count(False) == 1 and len(calls) == 32  # one opt.step() to make the buffers, then direct again
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()  # conftest runs the suite on one
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def fake_trial_clock(monkeypatch, one_faster):
+    """The trial's clock, read at a window's start, after its one-thread steps and after its torch-count
+    steps: those two stretches take 1 and 2 ticks (`one_faster`), or 2 and 1."""
+    ticks = itertools.accumulate(itertools.cycle([1, 1, 2] if one_faster else [1, 2, 1]))
+    monkeypatch.setattr(analytic, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(ThreadTrial, "window", 8)
+    monkeypatch.setattr(ThreadTrial, "trial", 2)
+
+
+@pytest.mark.parametrize("one_faster", [True, False])
+def test_the_step_runs_on_the_thread_count_its_trial_timed_faster(one_faster, two_threads, monkeypatch):
+    fake_trial_clock(monkeypatch, one_faster)
+    in_step, in_callbacks = [], set()
+    real = MLPStep._train
+
+    def spy(self, xb, yb):
+        in_step.append(torch.get_num_threads())
+        real(self, xb, yb)
+    monkeypatch.setattr(MLPStep, "_train", spy)
+
+    class Watch:
+        def before_batch(self, run):
+            in_callbacks.add(torch.get_num_threads())
+        after_batch = before_batch
+
+    fit(mlp(), data(), 2, callbacks=[Watch()], verbose=False)  # 16 steps an epoch: two windows of 8
+    choice = 1 if one_faster else 2
+    assert in_step == [1, 1, 2, 2, choice, choice, choice, choice] * 4
+    assert in_callbacks == {2} and torch.get_num_threads() == 2
+
+
+def test_deterministic_fits_keep_torchs_thread_count(two_threads, monkeypatch):
+    fake_trial_clock(monkeypatch, True)
+    counts = set()
+    real = MLPStep._train
+    monkeypatch.setattr(MLPStep, "_train", lambda self, xb, yb: (counts.add(torch.get_num_threads()), real(self, xb, yb)))
+    fit(mlp(), data(), 1, deterministic=True, verbose=False)
+    assert counts == {2}
+
+
+def test_one_thread_steps_train_like_autograd(two_threads, monkeypatch):
+    fake_trial_clock(monkeypatch, True)
+    twins(small_mlp, lambda ps: optim.Adam(ps, 1e-2), list, monkeypatch)
+
+
+def test_history_says_how_many_steps_ran_on_one_thread(two_threads, monkeypatch):
+    fake_trial_clock(monkeypatch, True)
+    h = fit(mlp(), data(), 1, verbose=False)
+    assert h.info["step"].endswith("Adam through its fused kernel called directly; "
+                                   "12 of 16 steps on one thread, 4 on 2 (ThreadTrial)")

@@ -18,6 +18,9 @@ inside `opt.step()`, called directly with the optimizer's own state; any other o
 with step hooks) gets the gradients in `p.grad` and runs its own `opt.step()`. Weights match the
 autograd step to float rounding (tests/test_analytic.py).
 
+On a CPU with more than one thread, `ThreadTrial` times the step on one thread against torch's count
+every 256 steps and runs it on the faster: on shared cores a parallel op waits for its slowest thread.
+
 `mlp_plan` says whether a model, loss and loader qualify and, if not, why (`history.info["step"]`).
 `fit` takes this path on the CPU when `graphs.step_plan` allows a step outside its eager loop (no
 callback handling `after_loss`/`after_backward`/`before_step`, no accumulation...); a callback that
@@ -25,6 +28,7 @@ changes the batch's shape or freezes a layer hands the rest of the fit to the ea
 """
 import math
 import operator
+from time import perf_counter
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +38,7 @@ from torch.optim import optimizer as _optimizer
 
 from .graphs import GraphedStep
 
-__all__ = ["MLPStep", "mlp_plan"]
+__all__ = ["MLPStep", "ThreadTrial", "mlp_plan"]
 
 _KERNELS = {torch.optim.Adam: torch._fused_adam_, torch.optim.AdamW: torch._fused_adamw_, torch.optim.SGD: torch._fused_sgd_}
 
@@ -122,6 +126,63 @@ def _has_hooks(model):
             or any(p._backward_hooks or p._post_accumulate_grad_hooks for p in model.parameters()))
 
 
+class ThreadTrial:
+    """The intra-op thread count of the CPU step: torch's (`torch.get_num_threads()`) or one, whichever
+    the latest trial timed faster. Each epoch, every `window` steps, the first `trial` steps run on one
+    thread and the next `trial` on torch's count; the rest of the window runs on the faster.
+
+    A parallel op waits for its slowest thread. On a machine whose cores are shared (a cloud VM's vCPUs)
+    a busy neighbour makes every parallel op of a small step wait, while a second thread gains little on
+    such ops: on this project's 2-vCPU machine the logreg epoch took 0.105 s on two threads and 0.110 s
+    on one when the machine was quiet, 0.171 s and 0.111 s when it was not (the MLP: 0.31 / 0.38 s, then
+    0.54 / 0.39 s). Only the step's own ops run on the chosen count (`with trial:` around them): callbacks
+    and validation run on torch's. One thread and two round differently (~1e-8), so with
+    `torch.use_deterministic_algorithms(True)` (`fit(deterministic=True)`), or one thread already, the
+    count is left alone.
+
+    Example:
+        >>> trial = ThreadTrial()
+        >>> trial.next()                           # a step begins
+        >>> with trial:                            # its ops
+        ...     y = torch.ones(3).sum()
+    """
+    window, trial = 256, 8
+
+    def __init__(self):
+        self.i, self.t0, self.t1 = 0, 0.0, 0.0
+        self.steps = self.ones = self.n = 0  # steps trained under a trial, how many on one thread, torch's count
+        self.faster_on_one = self.on_one = False
+        self.restore = None  # torch's count while a `with` block runs on one thread
+
+    def start_epoch(self):
+        self.i = 0  # a trial from the epoch's first step: none spans the validation between epochs
+
+    def next(self):
+        """A step begins: on one thread or not, the trial's clock read where a trial starts or ends."""
+        n = torch.get_num_threads()
+        if n == 1 or torch.are_deterministic_algorithms_enabled():
+            self.on_one = False
+            return
+        i, trial = self.i % self.window, self.trial
+        self.i += 1
+        if i == 0 or i == trial:
+            now = perf_counter()
+            self.t1, self.t0 = now - self.t0, now  # at i == trial: how long the one-thread steps took
+        elif i == 2 * trial:
+            self.faster_on_one = self.t1 < perf_counter() - self.t0
+        self.on_one, self.n = self.faster_on_one if i >= 2 * trial else i < trial, n
+
+    def __enter__(self):
+        if self.on_one and self.restore is None:
+            self.restore = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.restore is not None:
+            torch.set_num_threads(self.restore)
+            self.restore = None
+
+
 class MLPStep(GraphedStep):
     """`GraphedStep`'s interface (`load`, `step`, `eager`, the epoch's loss sum) with the gradient of
     `mlp_plan`'s MLPs written out and the optimizer's fused kernel called directly.
@@ -146,11 +207,13 @@ class MLPStep(GraphedStep):
         self.sum, self.nonfinite, self.weights, self.minus_ones = 0.0, 0, None, None
         self.direct_steps = self.opt_steps = 0
         self.params_key = self.order = self.kernel_cache = None
+        self.trial = ThreadTrial()
 
     def start_epoch(self):
         self.sum, self.nonfinite = 0.0, 0
         self.bs = self.dl.bs  # a callback may change the loader's batch size: nothing here is sized by it
         self.order = None  # `load` cuts this epoch's order afresh (a loader may reuse one tensor for it)
+        self.trial.start_epoch()
         if _has_hooks(self.model):  # e.g. added by a callback's before_fit
             self.why_not = "the model has hooks"
 
@@ -172,7 +235,10 @@ class MLPStep(GraphedStep):
         else:
             direct = self.kernel is not None and all(g.get("fused") for g in self.opt.param_groups)
         how = "its fused kernel called directly" if direct else "opt.step()"
-        return f"MLP gradient written out (CPU), {type(self.opt).__name__} through {how}"
+        trial = self.trial
+        threads = (f"; {trial.ones} of {trial.steps} steps on one thread, {trial.steps - trial.ones} on "
+                   f"{trial.n} (ThreadTrial)") if trial.steps else ""
+        return f"MLP gradient written out (CPU), {type(self.opt).__name__} through {how}{threads}"
 
     def loss_sum(self):  # every step here, hand-over steps included, adds to these in Python
         return self.sum
@@ -215,16 +281,22 @@ class MLPStep(GraphedStep):
         """Batch i of this epoch into `x`/`y` as new tensors, as the eager loop gives them (a callback
         may keep `run.xb`: unlike a CUDA graph, nothing here needs the same buffer every step)."""
         bs, dl = self.bs, self.dl
+        self.trial.next()
         if order is None:
             self.x, self.y = dl.x[i * bs:(i + 1) * bs], dl.y[i * bs:(i + 1) * bs]
             return
         if order is not self.order:  # once an epoch: its index cut into batches, and the labels in that order
             self.order, self.batch_idx, self.batch_y = order, order.split(bs), dl.y.index_select(0, order).split(bs)
-        self.x, self.y = dl.x.index_select(0, self.batch_idx[i]), self.batch_y[i]
+        with self.trial:  # the gather is a parallel op too
+            self.x, self.y = dl.x.index_select(0, self.batch_idx[i]), self.batch_y[i]
 
     def step(self, xb=None, yb=None):
         """Train on a batch (default: the one `load` gathered); False (and `why_not`) when the batch or
         the model no longer fits this path, with nothing trained."""
+        with self.trial:
+            return self._step(xb, yb)
+
+    def _step(self, xb, yb):
         xb = self.x if xb is None else xb
         yb = self.y if yb is None else yb
         if (xb is not self.x or yb is not self.y) and (
@@ -237,6 +309,9 @@ class MLPStep(GraphedStep):
             self.why_not = "a callback froze some of the optimizer's parameters"
             return False
         self._train(xb, yb)
+        if self.trial.n:
+            self.trial.steps += 1
+            self.trial.ones += self.trial.on_one
         return True
 
     def eager(self, xb, yb):
