@@ -186,7 +186,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         resume: continue from `checkpoint` if it holds a loadable state (a fresh start otherwise).
         on_nan: "raise" stops at the first non-finite loss with `NonFiniteLossError` naming epoch
             and step (the last checkpoint stays as it was); "warn" warns and skips that step.
-        deterministic: `torch.use_deterministic_algorithms(True)` for the duration of the call.
+        deterministic: `torch.use_deterministic_algorithms(True)` for the duration of the call (and the
+            CPU step keeps torch's thread count instead of timing one thread against it).
         seed: shuffle epoch e with `trn_dl.order(seed + e)` instead of torch's generator. Under
             torchrun rank 0's seed (drawn there when None) is broadcast and kept in
             `history.info["seed"]`; a single process given that seed sees the same permutations.

@@ -18,7 +18,8 @@ def seed_everything(seed):
 
     Also sets `PYTHONHASHSEED`, which only reaches processes started afterwards (workers, torchrun
     children): the running interpreter fixed its string hashing when it started. Pair it with
-    `fit(..., deterministic=True)` for identical runs; seeding alone leaves the choice of kernels free.
+    `fit(..., deterministic=True)` for identical runs; seeding alone leaves the choice of kernels free
+    (and, on the CPU, the step's thread count: `netfit.analytic.ThreadTrial`).
 
     Example:
         >>> _ = seed_everything(42); a = torch.rand(2)
