@@ -461,53 +461,66 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def fake_trial_clock(monkeypatch, one_faster):
-    """The trial's clock, read at a window's start, after its one-thread steps and after its torch-count
-    steps: those two stretches take 1 and 2 ticks (`one_faster`), or 2 and 1."""
-    ticks = itertools.accumulate(itertools.cycle([1, 1, 2] if one_faster else [1, 2, 1]))
-    monkeypatch.setattr(analytic, "perf_counter", lambda: next(ticks))
-    monkeypatch.setattr(ThreadTrial, "window", 8)
-    monkeypatch.setattr(ThreadTrial, "trial", 2)
+def trial_clock(monkeypatch, cost_one, cost_torch, warm=2, trial_s=2, every_s=4, longest_s=8):
+    """The trial's clock reads a virtual time that each step advances by `cost_one` on one thread and
+    by `cost_torch` on torch's count; returns the list of thread counts the steps ran on."""
+    now, counts = [0], []
+    real = MLPStep._train
+
+    def step(self, xb, yb):
+        counts.append(torch.get_num_threads())
+        now[0] += cost_one if counts[-1] == 1 else cost_torch
+        real(self, xb, yb)
+    monkeypatch.setattr(MLPStep, "_train", step)
+    monkeypatch.setattr(analytic, "perf_counter", lambda: now[0])
+    for k, v in dict(warm=warm, trial_s=trial_s, every_s=every_s, longest_s=longest_s).items():
+        monkeypatch.setattr(ThreadTrial, k, v)
+    return counts
 
 
 @pytest.mark.parametrize("one_faster", [True, False])
 def test_the_step_runs_on_the_thread_count_its_trial_timed_faster(one_faster, two_threads, monkeypatch):
-    fake_trial_clock(monkeypatch, one_faster)
-    in_step, in_callbacks = [], set()
-    real = MLPStep._train
-
-    def spy(self, xb, yb):
-        in_step.append(torch.get_num_threads())
-        real(self, xb, yb)
-    monkeypatch.setattr(MLPStep, "_train", spy)
+    in_step, in_callbacks = trial_clock(monkeypatch, 1, 1.5) if one_faster else trial_clock(monkeypatch, 2, 1), set()
 
     class Watch:
         def before_batch(self, run):
             in_callbacks.add(torch.get_num_threads())
         after_batch = before_batch
 
-    fit(mlp(), data(), 2, callbacks=[Watch()], verbose=False)  # 16 steps an epoch: two windows of 8
-    choice = 1 if one_faster else 2
-    assert in_step == [1, 1, 2, 2, choice, choice, choice, choice] * 4
+    fit(mlp(), data(), 2, callbacks=[Watch()], verbose=False)  # 16 steps an epoch
+    # 2 warm-up steps (not timed), 2 on one thread (2 s), 2 on two, then the faster until the next trial
+    if one_faster:  # the next trial 4 s later; it agrees, so the one after comes 8 s later
+        assert in_step == [2, 2, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1, 2, 2, 1, 1] + [1] * 8 + [2, 2] + [1] * 6
+    else:  # the next trial 8 s later (it agrees with the initial choice), interrupted by the epoch's end
+        assert in_step == [2, 2, 1, 1] + [2] * 10 + [1, 1] + [2, 2, 1, 1] + [2] * 10 + [1, 1]
     assert in_callbacks == {2} and torch.get_num_threads() == 2
 
 
+def test_a_trial_stops_once_torchs_count_is_slower(two_threads, monkeypatch):
+    in_step = trial_clock(monkeypatch, 1, 5)
+    fit(mlp(), data(), 1, verbose=False)
+    assert in_step == [2, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1, 1]  # each trial's 2nd 2-thread step skipped
+
+
+def test_trials_that_agree_come_further_apart(two_threads, monkeypatch):
+    in_step = trial_clock(monkeypatch, 1, 5, longest_s=32)
+    fit(mlp(), data(), 4, verbose=False)  # 64 steps, every 16th the short last batch, which starts no trial
+    assert [i for i, c in enumerate(in_step) if c == 2] == [0, 1, 4, 11, 22, 41]  # warm-up, then 4, 8, 16 s apart
+
+
 def test_deterministic_fits_keep_torchs_thread_count(two_threads, monkeypatch):
-    fake_trial_clock(monkeypatch, True)
-    counts = set()
-    real = MLPStep._train
-    monkeypatch.setattr(MLPStep, "_train", lambda self, xb, yb: (counts.add(torch.get_num_threads()), real(self, xb, yb)))
+    in_step = trial_clock(monkeypatch, 1, 5)
     fit(mlp(), data(), 1, deterministic=True, verbose=False)
-    assert counts == {2}
+    assert set(in_step) == {2}
 
 
 def test_one_thread_steps_train_like_autograd(two_threads, monkeypatch):
-    fake_trial_clock(monkeypatch, True)
+    trial_clock(monkeypatch, 1, 5)
     twins(small_mlp, lambda ps: optim.Adam(ps, 1e-2), list, monkeypatch)
 
 
 def test_history_says_how_many_steps_ran_on_one_thread(two_threads, monkeypatch):
-    fake_trial_clock(monkeypatch, True)
+    trial_clock(monkeypatch, 1, 1.5)
     h = fit(mlp(), data(), 1, verbose=False)
     assert h.info["step"].endswith("Adam through its fused kernel called directly; "
-                                   "12 of 16 steps on one thread, 4 on 2 (ThreadTrial)")
+                                   "10 of 16 steps on one thread, 6 on 2 (ThreadTrial)")

@@ -19,7 +19,7 @@ with step hooks) gets the gradients in `p.grad` and runs its own `opt.step()`. W
 autograd step to float rounding (tests/test_analytic.py).
 
 On a CPU with more than one thread, `ThreadTrial` times the step on one thread against torch's count
-every 256 steps and runs it on the faster: on shared cores a parallel op waits for its slowest thread.
+every 0.5 to 8 s and runs it on the faster: on shared cores a parallel op waits for its slowest thread.
 
 `mlp_plan` says whether a model, loss and loader qualify and, if not, why (`history.info["step"]`).
 `fit` takes this path on the CPU when `graphs.step_plan` allows a step outside its eager loop (no
@@ -128,8 +128,14 @@ def _has_hooks(model):
 
 class ThreadTrial:
     """The intra-op thread count of the CPU step: torch's (`torch.get_num_threads()`) or one, whichever
-    the latest trial timed faster. Each epoch, every `window` steps, the first `trial` steps run on one
-    thread and the next `trial` on torch's count; the rest of the window runs on the faster.
+    the latest trial timed faster.
+
+    A trial runs steps on one thread for `trial_s` seconds (at least `warm` steps), then as many on
+    torch's count, stopping as soon as those take longer; the steps after it run on the faster until the
+    next trial, `every_s` seconds later, twice as long (up to `longest_s`) each time a trial agrees with
+    the one before. The first `warm` steps of a fit, and of an epoch that interrupted a trial, are not
+    timed (cold caches). A trial lasts longer than the scheduler's time slice on purpose: a few steps
+    can miss the moment a busy neighbour takes the core back.
 
     A parallel op waits for its slowest thread. On a machine whose cores are shared (a cloud VM's vCPUs)
     a busy neighbour makes every parallel op of a small step wait, while a second thread gains little on
@@ -146,31 +152,40 @@ class ThreadTrial:
         >>> with trial:                            # its ops
         ...     y = torch.ones(3).sum()
     """
-    window, trial = 256, 8
+    warm, trial_s, every_s, longest_s = 8, 0.025, 0.5, 8.0
 
     def __init__(self):
-        self.i, self.t0, self.t1 = 0, 0.0, 0.0
+        self.phase, self.k, self.t0 = "warm", 0, 0.0  # warm, one, torch (a trial's halves) or run; k: its steps
+        self.t1 = self.k1 = 0  # the one-thread half: seconds and steps
+        self.gap = self.every_s
         self.steps = self.ones = self.n = 0  # steps trained under a trial, how many on one thread, torch's count
         self.faster_on_one = self.on_one = False
         self.restore = None  # torch's count while a `with` block runs on one thread
 
     def start_epoch(self):
-        self.i = 0  # a trial from the epoch's first step: none spans the validation between epochs
+        if self.phase in ("one", "torch"):  # no trial spans the validation between epochs
+            self.phase, self.k = "warm", 0
 
     def next(self):
-        """A step begins: on one thread or not, the trial's clock read where a trial starts or ends."""
+        """A step begins: on one thread or not."""
         n = torch.get_num_threads()
         if n == 1 or torch.are_deterministic_algorithms_enabled():
             self.on_one = False
             return
-        i, trial = self.i % self.window, self.trial
-        self.i += 1
-        if i == 0 or i == trial:
-            now = perf_counter()
-            self.t1, self.t0 = now - self.t0, now  # at i == trial: how long the one-thread steps took
-        elif i == 2 * trial:
-            self.faster_on_one = self.t1 < perf_counter() - self.t0
-        self.on_one, self.n = self.faster_on_one if i >= 2 * trial else i < trial, n
+        phase, k, now = self.phase, self.k, perf_counter()
+        if phase == "warm" and k >= self.warm:
+            phase, k, self.t0 = "one", 0, now
+        elif phase == "one" and k >= self.warm and now - self.t0 >= self.trial_s:
+            phase, self.t1, self.k1, k, self.t0 = "torch", now - self.t0, k, 0, now
+        elif phase == "torch":
+            slower = now - self.t0 > self.t1  # these k steps took longer than the k1 on one thread
+            if slower or k >= self.k1:
+                self.gap = min(2 * self.gap, self.longest_s) if slower == self.faster_on_one else self.every_s
+                phase, self.faster_on_one, k, self.t0 = "run", slower, 0, now
+        elif phase == "run" and now - self.t0 >= self.gap:
+            phase, k, self.t0 = "one", 0, now
+        self.phase, self.k, self.n = phase, k + 1, n
+        self.on_one = phase == "one" or (phase == "run" and self.faster_on_one)
 
     def __enter__(self):
         if self.on_one and self.restore is None:
