@@ -524,3 +524,88 @@ def test_history_says_how_many_steps_ran_on_one_thread(two_threads, monkeypatch)
     h = fit(mlp(), data(), 1, verbose=False)
     assert h.info["step"].endswith("Adam through its fused kernel called directly; "
                                    "10 of 16 steps on one thread, 6 on 2 (ThreadTrial)")
+
+
+class MidFitEdits:
+    """At batch 5 of epoch 0, one of the edits a callback might make to the optimizer or the data."""
+
+    def __init__(self, edit):
+        self.edit = edit
+
+    def after_batch(self, run):
+        if run.epoch == 0 and run.batch == 5:
+            self.edit(run)
+
+
+def _swap_groups(run):
+    g0, g1 = run.opt.param_groups
+    g0["params"], g1["params"] = g1["params"], g0["params"]
+
+
+def _new_group_dict(run):
+    run.opt.param_groups[0] = {**run.opt.param_groups[0], "lr": 1e-4}
+
+
+def _new_state_tensors(run):
+    for s in run.opt.state.values():
+        for k in s:
+            s[k] = torch.zeros_like(s[k])
+
+
+def _new_parameter(run):
+    lin = run.model[0]
+    lin.weight = nn.Parameter(lin.weight.detach().clone())
+    run.opt.param_groups[0]["params"][0] = lin.weight
+
+
+def _labels_edited(run):
+    run.data.trn_dl.y[:] = run.data.trn_dl.y.flip(0)
+
+
+def _two_groups(ps):
+    ps = list(ps)
+    return optim.Adam([{"params": ps[:2], "lr": 1e-2}, {"params": ps[2:], "lr": 1e-3}])
+
+
+@pytest.mark.parametrize("edit,opt", [
+    (_swap_groups, _two_groups), (_new_group_dict, None), (_new_state_tensors, None),
+    (_new_state_tensors, lambda ps: optim.SGD(ps, 0.05, momentum=0.9)), (_new_parameter, None),
+    (_labels_edited, None)], ids=["params swapped between groups", "a group's dict replaced",
+                                  "Adam's state tensors replaced", "SGD's momentum buffers replaced",
+                                  "a weight replaced in its layer and its group", "labels edited mid-epoch"])
+def test_edits_a_callback_makes_mid_epoch_are_seen_at_the_next_step(edit, opt, monkeypatch):
+    twins(small_mlp, opt or (lambda ps: optim.Adam(ps, 1e-2)), lambda: [MidFitEdits(edit)], monkeypatch)
+
+
+def test_optimizer_hooks_run_on_torchs_thread_count(two_threads, monkeypatch):
+    trial_clock(monkeypatch, 1, 5)
+    seen = set()
+    net = mlp()
+    opt = optim.Adam(net.parameters(), fused=True)
+    opt.register_step_post_hook(lambda *a: seen.add(torch.get_num_threads()))
+    h = fit(net, data(), 1, opt, verbose=False)
+    assert seen == {2} and h.info["step"].startswith("MLP gradient written out")
+
+
+def test_history_counts_the_threads_steps_ran_on_when_a_callback_sets_them(two_threads, monkeypatch):
+    class Four:
+        def before_epoch(self, run):
+            if run.epoch == 1:
+                torch.set_num_threads(4)
+    trial_clock(monkeypatch, 5, 1)  # torch's count faster: 4 steps an epoch on one thread, in trials
+    h = fit(mlp(), data(), 2, callbacks=[Four()], verbose=False)
+    assert h.info["step"].endswith("; 8 of 32 steps on one thread, 12 on 2, 12 on 4 (ThreadTrial)")
+
+
+def test_an_interrupt_while_switching_to_one_thread_leaves_torchs_count(two_threads, monkeypatch):
+    trial_clock(monkeypatch, 1, 5)
+    real = torch.set_num_threads
+
+    def set_then_interrupt(n):  # Ctrl-C handled right after the C call returns, inside __enter__
+        real(n)
+        if n == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "set_num_threads", set_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fit(mlp(), data(), 1, verbose=False)
+    assert torch.get_num_threads() == 2

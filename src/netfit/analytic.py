@@ -26,6 +26,7 @@ every 0.5 to 8 s and runs it on the faster: on shared cores a parallel op waits 
 callback handling `after_loss`/`after_backward`/`before_step`, no accumulation...); a callback that
 changes the batch's shape or freezes a layer hands the rest of the fit to the eager loop.
 """
+import collections
 import math
 import operator
 from time import perf_counter
@@ -158,7 +159,7 @@ class ThreadTrial:
         self.phase, self.k, self.t0 = "warm", 0, 0.0  # warm, one, torch (a trial's halves) or run; k: its steps
         self.t1 = self.k1 = 0  # the one-thread half: seconds and steps
         self.gap = self.every_s
-        self.steps = self.ones = self.n = 0  # steps trained under a trial, how many on one thread, torch's count
+        self.n = 0  # torch's count, once a trial has run
         self.faster_on_one = self.on_one = False
         self.restore = None  # torch's count while a `with` block runs on one thread
 
@@ -189,7 +190,7 @@ class ThreadTrial:
 
     def __enter__(self):
         if self.on_one and self.restore is None:
-            self.restore = torch.get_num_threads()
+            self.restore = torch.get_num_threads()  # first: an interrupt after it still finds what to restore
             torch.set_num_threads(1)
 
     def __exit__(self, *exc):
@@ -221,8 +222,8 @@ class MLPStep(GraphedStep):
         self.kernel = _KERNELS.get(type(opt))
         self.sum, self.nonfinite, self.weights, self.minus_ones = 0.0, 0, None, None
         self.direct_steps = self.opt_steps = 0
-        self.params_key = self.order = self.kernel_cache = None
-        self.trial = ThreadTrial()
+        self.order = self.kernel_cache = None
+        self.trial, self.threads_used = ThreadTrial(), collections.Counter()
 
     def start_epoch(self):
         self.sum, self.nonfinite = 0.0, 0
@@ -233,6 +234,7 @@ class MLPStep(GraphedStep):
             self.why_not = "the model has hooks"
 
     def end_epoch(self):
+        self.trial.__exit__()  # also after an interrupt that landed inside a `with trial:` before its try
         self._drop_grads()
 
     def rebind(self, opt, crit):
@@ -250,9 +252,9 @@ class MLPStep(GraphedStep):
         else:
             direct = self.kernel is not None and all(g.get("fused") for g in self.opt.param_groups)
         how = "its fused kernel called directly" if direct else "opt.step()"
-        trial = self.trial
-        threads = (f"; {trial.ones} of {trial.steps} steps on one thread, {trial.steps - trial.ones} on "
-                   f"{trial.n} (ThreadTrial)") if trial.steps else ""
+        used = self.threads_used
+        threads = "".join([f"; {used[1]} of {used.total()} steps on one thread"] + [
+            f", {k} on {n}" for n, k in sorted(used.items()) if n != 1] + [" (ThreadTrial)"]) if used else ""
         return f"MLP gradient written out (CPU), {type(self.opt).__name__} through {how}{threads}"
 
     def loss_sum(self):  # every step here, hand-over steps included, adds to these in Python
@@ -262,12 +264,8 @@ class MLPStep(GraphedStep):
         return self.nonfinite
 
     def _opt_params(self):
-        """The optimizer's parameters now (a callback may add a param group mid-fit)."""
-        groups = self.opt.param_groups
-        key = (self.opt, len(groups), *(len(g["params"]) for g in groups))
-        if key != self.params_key:
-            self.params_key, self.params = key, [p for g in groups for p in g["params"]]
-        return self.params
+        """The optimizer's parameters now (a callback may add a group, or replace a tensor in one)."""
+        return [p for g in self.opt.param_groups for p in g["params"]]
 
     def _drop_grads(self):
         for p in self._opt_params():
@@ -279,15 +277,16 @@ class MLPStep(GraphedStep):
         (e.g. a max-norm callback's `w.data = w.data.renorm(...)`)."""
         ws = self.weights
         if ws is not None:
-            for lin, (w, b) in zip(self.linears, ws):
+            for lin, (w, b), (p0, q0) in zip(self.linears, ws, self.weight_params):
                 p, q = lin._parameters["weight"], lin._parameters["bias"]
-                if (p.data_ptr() != w.data_ptr() or p.shape != w.shape or (q is None) != (b is None)
+                if (p is not p0 or q is not q0 or p.data_ptr() != w.data_ptr() or p.shape != w.shape
                         or (q is not None and q.data_ptr() != b.data_ptr())):
                     ws = None
                     break
         if ws is None:
             ws = self.weights = [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()[:, None])  # b (out, 1)
                                  for lin in self.linears]
+            self.weight_params = [(lin.weight, lin.bias) for lin in self.linears]
             ps = [p for lin in reversed(self.linears) for p in (lin.weight, lin.bias) if p is not None]
             self.slots = {id(p): j for j, p in enumerate(ps)}  # where `_train` puts each parameter's gradient
         return ws
@@ -300,10 +299,11 @@ class MLPStep(GraphedStep):
         if order is None:
             self.x, self.y = dl.x[i * bs:(i + 1) * bs], dl.y[i * bs:(i + 1) * bs]
             return
-        if order is not self.order:  # once an epoch: its index cut into batches, and the labels in that order
-            self.order, self.batch_idx, self.batch_y = order, order.split(bs), dl.y.index_select(0, order).split(bs)
+        if order is not self.order:  # once an epoch: its index cut into batches
+            self.order, self.batch_idx = order, order.split(bs)
+        idx = self.batch_idx[i]
         with self.trial:  # the gather is a parallel op too
-            self.x, self.y = dl.x.index_select(0, self.batch_idx[i]), self.batch_y[i]
+            self.x, self.y = dl.x.index_select(0, idx), dl.y.index_select(0, idx)
 
     def step(self, xb=None, yb=None):
         """Train on a batch (default: the one `load` gathered); False (and `why_not`) when the batch or
@@ -324,9 +324,8 @@ class MLPStep(GraphedStep):
             self.why_not = "a callback froze some of the optimizer's parameters"
             return False
         self._train(xb, yb)
-        if self.trial.n:
-            self.trial.steps += 1
-            self.trial.ones += self.trial.on_one
+        if self.trial.n:  # a trial has run: count what this step ran on (a callback may set threads too)
+            self.threads_used[torch.get_num_threads()] += 1
         return True
 
     def eager(self, xb, yb):
@@ -386,6 +385,7 @@ class MLPStep(GraphedStep):
             for p in self._opt_params():
                 j = slots.get(id(p))  # None for a tensor that is not a Linear's: its forward never used it
                 p.grad = None if j is None else grads[j]
+            self.trial.__exit__()  # the optimizer's own code and its hooks run on torch's thread count
             self.opt.step()
             self._drop_grads()
             self.opt_steps += 1
@@ -431,38 +431,38 @@ class MLPStep(GraphedStep):
                                      or group.get("decoupled_weight_decay", adamw) != adamw))):
                 return None
         cache, groups = self.kernel_cache, opt.param_groups
-        sizes = [len(g["params"]) for g in groups]  # a callback may add a group, or a parameter to one
+        params, sizes = self._opt_params(), [len(g["params"]) for g in groups]
         if (cache is None or cache[0] is not groups or cache[1] is not opt.state or cache[2] is not self.weights
-                or cache[3] != sizes or not all(map(operator.is_, map(opt.state.get, cache[4]), cache[5]))):
-            cache = self.kernel_cache = self._kernel_args(sizes)
+                or cache[3] != sizes or not all(map(operator.is_, cache[4], params))
+                or not all(map(operator.is_, map(opt.state.get, params), cache[5]))):
+            cache = self.kernel_cache = self._kernel_args(params, sizes)
             if cache is None:
                 return None
-        groups = cache[6]
-        if sgd and any(g["momentum"] and bufs is None for g, _, _, bufs in groups):
-            self.kernel_cache = None  # momentum turned on: `opt.step()` makes the buffers, then a new cache
-            return None
-        return groups
-
-    def _kernel_args(self, sizes):
-        """`_kernel_groups`' cache: what it was made from (the groups, the state, the weights, the groups'
-        sizes, the parameters and their state dicts) and its groups; None while some state is missing."""
-        opt, sgd = self.opt, self.kernel is torch._fused_sgd_
-        every, states, groups = [], [], []
-        for group in opt.param_groups:
-            params = group["params"]
-            if not params:  # torch's own fused steps return early on an empty group
-                continue
-            if any(id(p) not in self.slots for p in params):
-                return None
-            state = [opt.state.get(p) for p in params]
+        # read at every step: a callback may replace a group's dict, or a state tensor within its dict
+        live, out = [g for g in groups if g["params"]], []
+        for group, (aliases, at, states) in zip(live, cache[6]):
             if sgd:
-                bufs = [s.get("momentum_buffer") for s in state] if all(state) else [None]
-                bufs = None if any(b is None for b in bufs) else bufs
-            elif all(s and "step" in s for s in state):
-                bufs = [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state], [s["step"] for s in state]
+                bufs = [s.get("momentum_buffer") for s in states] if group["momentum"] else []
+                if None in bufs:
+                    self.kernel_cache = None  # momentum turned on: `opt.step()` makes the buffers, then a new cache
+                    return None
+            elif all("step" in s for s in states):
+                bufs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
             else:
                 return None
-            every += params
-            states += state
-            groups.append((group, [p.detach() for p in params], [self.slots[id(p)] for p in params], bufs))
-        return opt.param_groups, opt.state, self.weights, sizes, every, states, groups
+            out.append((group, aliases, at, bufs))
+        return out
+
+    def _kernel_args(self, params, sizes):
+        """`_kernel_groups`' cache: what it was made from (the groups, the state, the weights, the groups'
+        sizes, the parameters and their state dicts) and, per non-empty group, the parameters' detached
+        aliases, where their gradients are and their state dicts; None while a parameter has no state yet."""
+        opt = self.opt
+        if any(id(p) not in self.slots for p in params):
+            return None
+        states = [opt.state.get(p) for p in params]
+        if not all(isinstance(s, dict) for s in states) and self.kernel is not torch._fused_sgd_:
+            return None
+        groups = [([p.detach() for p in g["params"]], [self.slots[id(p)] for p in g["params"]],
+                   [opt.state.get(p) or {} for p in g["params"]]) for g in opt.param_groups if g["params"]]
+        return opt.param_groups, opt.state, self.weights, sizes, params, states, groups

@@ -407,11 +407,11 @@ def _train_epoch(run, dl, emit, progress, resume_at=None):
                 else contextlib.nullcontext())
     check_every = 1 if run.device.type == "cpu" else 32  # a finite-loss check is a host sync on GPUs
     pending, i, group_rows, full_rows = 0, first - 1, 0, None
-    params = [p for g in opt.param_groups for p in g["params"]]
 
     def zero_grad():  # what opt.zero_grad(set_to_none=True) does, without its per-call profiler record
-        for p in params:
-            p.grad = None
+        for g in opt.param_groups:  # read each time: a callback may add a group or replace a tensor in one
+            for p in g["params"]:
+                p.grad = None
     zero_grad()
     for i, b in enumerate(batches, start=first):
         run.batch = i
