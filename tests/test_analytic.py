@@ -609,3 +609,29 @@ def test_an_interrupt_while_switching_to_one_thread_leaves_torchs_count(two_thre
     with pytest.raises(KeyboardInterrupt):
         fit(mlp(), data(), 1, verbose=False)
     assert torch.get_num_threads() == 2
+
+
+def test_the_eager_loop_runs_forward_and_backward_on_the_faster_count(two_threads, monkeypatch):
+    now, in_forward, in_callbacks = [0], [], set()
+    monkeypatch.setattr(analytic, "perf_counter", lambda: now[0])
+    for k, v in dict(warm=2, trial_s=2, every_s=4, longest_s=8).items():
+        monkeypatch.setattr(ThreadTrial, k, v)
+
+    def clock(module, inputs, output):  # a hook keeps the eager loop; the step costs 1 on one thread, 1.5 on two
+        if module.training:
+            in_forward.append(torch.get_num_threads())
+            now[0] += 1 if in_forward[-1] == 1 else 1.5
+            output.register_hook(lambda g: in_callbacks.add(("backward", torch.get_num_threads())))
+
+    class Watch:
+        def before_batch(self, run):
+            in_callbacks.add(torch.get_num_threads())
+        after_loss = after_backward = after_batch = before_batch
+
+    net = mlp()
+    net.register_forward_hook(clock)
+    h = fit(net, data(), 1, callbacks=[Watch()], verbose=False)
+    assert in_forward == [2, 2, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1, 2, 2, 1, 1]
+    assert in_callbacks == {2, ("backward", 1), ("backward", 2)} and torch.get_num_threads() == 2
+    assert h.info["step"].startswith("eager: callback Watch handles after_loss")
+    assert h.info["step"].endswith("; 10 of 16 steps on one thread, 6 on 2 (ThreadTrial)")

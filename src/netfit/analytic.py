@@ -155,7 +155,8 @@ class ThreadTrial:
     """
     warm, trial_s, every_s, longest_s = 8, 0.025, 0.5, 8.0
 
-    def __init__(self):
+    def __init__(self, enabled=True):
+        self.enabled, self.used = enabled, collections.Counter()  # steps counted by the thread count they ran on
         self.phase, self.k, self.t0 = "warm", 0, 0.0  # warm, one, torch (a trial's halves) or run; k: its steps
         self.t1 = self.k1 = 0  # the one-thread half: seconds and steps
         self.gap = self.every_s
@@ -170,7 +171,7 @@ class ThreadTrial:
     def next(self):
         """A step begins: on one thread or not."""
         n = torch.get_num_threads()
-        if n == 1 or torch.are_deterministic_algorithms_enabled():
+        if not self.enabled or n == 1 or torch.are_deterministic_algorithms_enabled():
             self.on_one = False
             return
         phase, k, now = self.phase, self.k, perf_counter()
@@ -187,6 +188,20 @@ class ThreadTrial:
             phase, k, self.t0 = "one", 0, now
         self.phase, self.k, self.n = phase, k + 1, n
         self.on_one = phase == "one" or (phase == "run" and self.faster_on_one)
+
+    def count(self):
+        """Inside a step's `with trial:`: count the thread count it runs on (once a trial has run; a
+        callback may set the count too)."""
+        if self.n:
+            self.used[torch.get_num_threads()] += 1
+
+    def summary(self):
+        """What `history.info["step"]` adds: how many steps ran on one thread, and on what else."""
+        used = self.used
+        if not used:
+            return ""
+        return "".join([f"; {used[1]} of {used.total()} steps on one thread"] + [
+            f", {k} on {n}" for n, k in sorted(used.items()) if n != 1] + [" (ThreadTrial)"])
 
     def __enter__(self):
         if self.on_one and self.restore is None:
@@ -215,7 +230,7 @@ class MLPStep(GraphedStep):
     ran = "gradient written out"
     check_every = 1  # a host read of the loss costs ~1 µs here: check every step, before the update
 
-    def __init__(self, model, opt, crit, dl, plan):
+    def __init__(self, model, opt, crit, dl, plan, trial=None):
         super().__init__(model, opt, crit, dl, None, capture=False, static=False)
         self.flatten, self.linears, self.log_probs = plan
         self.row_shape, self.dtype = dl.x.shape[1:], dl.x.dtype
@@ -223,7 +238,7 @@ class MLPStep(GraphedStep):
         self.sum, self.nonfinite, self.weights, self.minus_ones = 0.0, 0, None, None
         self.direct_steps = self.opt_steps = 0
         self.order = self.kernel_cache = None
-        self.trial, self.threads_used = ThreadTrial(), collections.Counter()
+        self.trial = ThreadTrial() if trial is None else trial
 
     def start_epoch(self):
         self.sum, self.nonfinite = 0.0, 0
@@ -252,10 +267,7 @@ class MLPStep(GraphedStep):
         else:
             direct = self.kernel is not None and all(g.get("fused") for g in self.opt.param_groups)
         how = "its fused kernel called directly" if direct else "opt.step()"
-        used = self.threads_used
-        threads = "".join([f"; {used[1]} of {used.total()} steps on one thread"] + [
-            f", {k} on {n}" for n, k in sorted(used.items()) if n != 1] + [" (ThreadTrial)"]) if used else ""
-        return f"MLP gradient written out (CPU), {type(self.opt).__name__} through {how}{threads}"
+        return f"MLP gradient written out (CPU), {type(self.opt).__name__} through {how}{self.trial.summary()}"
 
     def loss_sum(self):  # every step here, hand-over steps included, adds to these in Python
         return self.sum
@@ -324,8 +336,7 @@ class MLPStep(GraphedStep):
             self.why_not = "a callback froze some of the optimizer's parameters"
             return False
         self._train(xb, yb)
-        if self.trial.n:  # a trial has run: count what this step ran on (a callback may set threads too)
-            self.threads_used[torch.get_num_threads()] += 1
+        self.trial.count()
         return True
 
     def eager(self, xb, yb):

@@ -35,7 +35,7 @@ from .distributed import setup as dist_setup
 from .distributed import shared_seed as dist_shared_seed
 from .distributed import world as dist_world
 from . import graphs
-from .analytic import MLPStep, mlp_plan
+from .analytic import MLPStep, ThreadTrial, mlp_plan
 from .graphs import GraphedStep, graph_plan, step_plan
 from .history import History, _metric_name, _Progress, _table_header, _table_row
 from .metrics import Mean
@@ -98,6 +98,7 @@ class Run:
     on_nan: str = "raise"
     checkpoint: object = None
     checkpoint_every: int = None
+    trial: object = None        # ThreadTrial: the CPU step's thread count (one, or torch's), by timing
     callbacks: list = field(default_factory=list)
     epoch_losses: object = None  # this epoch's training-loss Mean so far (eager loop)
     unchecked: bool = False     # the training loader holds no arrays to check before fit: check batch 1
@@ -265,6 +266,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     run.seed = dist_shared_seed(device, seed) if distributed else seed
     run.world, run.rank, run.accumulate, run.on_nan = world, rank, accumulate, on_nan
     run.checkpoint, run.checkpoint_every, run.callbacks = checkpoint, checkpoint_every, callbacks
+    run.trial = ThreadTrial(enabled=device.type == "cpu" and fast and world == 1)
     start_epoch, resume_at = 0, None
     if resume:
         resume_at = _restore(run, checkpoint)
@@ -335,10 +337,13 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         except CancelFit:
             pass
     finally:
+        run.trial.__exit__()  # torch's thread count back, even after an interrupt inside the switch
         if graphed is not None:
             graphed.end_epoch()  # plain float rates back in the param groups, even after an error
             if hasattr(graphed, "describe"):
                 history.info["step"] = graphed.describe()
+        else:
+            history.info["step"] += run.trial.summary()
         progress.close()
         if deterministic and not was_deterministic:
             torch.use_deterministic_algorithms(False)
@@ -358,7 +363,7 @@ def _stepper(run, dl, callbacks, fast):
         plan, why_not = (None, why_not) if why_not else mlp_plan(run.model, run.crit, run.opt, dl, run.amp_dtype)
         if why_not:
             return None, f"eager: {why_not}"
-        step = MLPStep(run.model, run.opt, run.crit, dl, plan)
+        step = MLPStep(run.model, run.opt, run.crit, dl, plan, run.trial)
         return step, step.describe()  # what it will do; after the fit, what it did
     why_not = graph_plan(run, dl, callbacks, fast)
     if why_not:
@@ -413,12 +418,15 @@ def _train_epoch(run, dl, emit, progress, resume_at=None):
             for p in g["params"]:
                 p.grad = None
     zero_grad()
+    trial = run.trial  # forward and backward on one thread or torch's count, whichever it timed faster
+    trial.start_epoch()
     for i, b in enumerate(batches, start=first):
+        trial.next()
         run.batch = i
         run.xb, run.yb = _batch(b, run.device)
         try:
             emit("before_batch")
-            with autocast:
+            with trial, autocast:
                 run.preds = model(run.xb)
                 if run.unchecked:  # a loader _check_data could not look into: check its first batch
                     _check_first_batch(run.model, crit, run.preds, run.yb)
@@ -438,8 +446,9 @@ def _train_epoch(run, dl, emit, progress, resume_at=None):
             else:
                 loss = run.loss
             last = (i + 1) % k == 0 or i + 1 == run.n_batches
-            with model.no_sync() if lockstep and not last else contextlib.nullcontext():  # all-reduce once a group
+            with trial, model.no_sync() if lockstep and not last else contextlib.nullcontext():  # all-reduce once a group
                 (run.scaler.scale(loss) if run.scaler else loss).backward()
+                trial.count()
             emit("after_backward")
             losses.update(run.loss, rows)
             if last:
