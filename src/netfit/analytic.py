@@ -19,7 +19,8 @@ with step hooks) gets the gradients in `p.grad` and runs its own `opt.step()`. W
 autograd step to float rounding (tests/test_analytic.py).
 
 On a CPU with more than one thread, `ThreadTrial` times the step on one thread against torch's count
-every 0.5 to 8 s and runs it on the faster: on shared cores a parallel op waits for its slowest thread.
+every 0.5 to 8 s and runs it on the faster: on shared cores a parallel op waits for its slowest thread
+(`fit`'s eager CPU loop uses it too, for every other model's forward and backward).
 
 `mlp_plan` says whether a model, loss and loader qualify and, if not, why (`history.info["step"]`).
 `fit` takes this path on the CPU when `graphs.step_plan` allows a step outside its eager loop (no
