@@ -635,3 +635,12 @@ def test_the_eager_loop_runs_forward_and_backward_on_the_faster_count(two_thread
     assert in_callbacks == {2, ("backward", 1), ("backward", 2)} and torch.get_num_threads() == 2
     assert h.info["step"].startswith("eager: callback Watch handles after_loss")
     assert h.info["step"].endswith("; 10 of 16 steps on one thread, 6 on 2 (ThreadTrial)")
+
+
+@pytest.mark.parametrize("opt", [lambda ps: optim.RMSprop(ps, 1e-3), lambda ps: optim.Adam(ps, 1e-2)])
+def test_history_counts_steps_that_go_through_opt_step_on_the_thread_count_they_ran(opt, two_threads, monkeypatch):
+    in_step = trial_clock(monkeypatch, 1, 5)
+    net = mlp()
+    h = fit(net, data(), 1, opt(net.parameters()), verbose=False)
+    ones = in_step.count(1)
+    assert h.info["step"].endswith(f"; {ones} of 16 steps on one thread, {16 - ones} on 2 (ThreadTrial)")

@@ -337,7 +337,6 @@ class MLPStep(GraphedStep):
             self.why_not = "a callback froze some of the optimizer's parameters"
             return False
         self._train(xb, yb)
-        self.trial.count()
         return True
 
     def eager(self, xb, yb):
@@ -355,6 +354,7 @@ class MLPStep(GraphedStep):
             return
         self.sum += value * yb.shape[0]
         loss.backward()
+        self.trial.count()  # autograd's steps after a hand-over, on torch's count
         self.opt.step()
         self._drop_grads()
 
@@ -387,6 +387,7 @@ class MLPStep(GraphedStep):
                 grads.append(g.sum(1))                           # (out,)
             if k:
                 g = torch.ops.aten.threshold_backward(w.t().mm(g), h, 0)  # (in, N), zero where relu was 0
+        self.trial.count()  # before `_update`, whose `opt.step()` path goes back to torch's count
         self._update(grads)
 
     def _update(self, grads):
