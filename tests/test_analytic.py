@@ -103,8 +103,8 @@ def test_history_says_which_step_and_kernel_ran(monkeypatch, capsys):
     assert h.info["step"].endswith("SGD through its fused kernel called directly")
 
 
-@pytest.mark.parametrize("opt", [lambda ps: optim.Adam(ps, 1e-2), lambda ps: optim.SGD(ps, 0.1, momentum=0.9)])
-def test_the_fused_kernel_is_called_directly_after_the_first_step(opt, monkeypatch):
+def direct_kernel_calls(monkeypatch):
+    """A list that gets, per written-out step, whether it called the fused kernel directly."""
     calls = []
     real = MLPStep._kernel_groups
 
@@ -113,6 +113,12 @@ def test_the_fused_kernel_is_called_directly_after_the_first_step(opt, monkeypat
         calls.append(groups is not None)
         return groups
     monkeypatch.setattr(MLPStep, "_kernel_groups", spy)
+    return calls
+
+
+@pytest.mark.parametrize("opt", [lambda ps: optim.Adam(ps, 1e-2), lambda ps: optim.SGD(ps, 0.1, momentum=0.9)])
+def test_the_fused_kernel_is_called_directly_after_the_first_step(opt, monkeypatch):
+    calls = direct_kernel_calls(monkeypatch)
     train(mlp, True, monkeypatch, epochs=1, opt=opt)
     assert calls[0] is False and all(calls[1:]) and len(calls) == 16  # the first creates the state
 
@@ -439,14 +445,7 @@ def test_momentum_switched_on_mid_fit(monkeypatch):
         def before_epoch(self, run):
             if run.epoch == 1:
                 run.opt.param_groups[0]["momentum"] = 0.9
-    calls = []
-    real = MLPStep._kernel_groups
-
-    def spy(self):
-        groups = real(self)
-        calls.append(groups is not None)
-        return groups
-    monkeypatch.setattr(MLPStep, "_kernel_groups", spy)
+    calls = direct_kernel_calls(monkeypatch)
     (_, opt_a, _), (_, opt_b, _) = twins(small_mlp, lambda ps: optim.SGD(ps, 0.05), lambda: [MomentumOn()],
                                          monkeypatch)
     assert all(s["momentum_buffer"] is not None for s in opt_b.state.values()) and len(opt_b.state) == 4

@@ -240,6 +240,7 @@ class MLPStep(GraphedStep):
         self.sum, self.nonfinite, self.weights, self.minus_ones = 0.0, 0, None, None
         self.direct_steps = self.opt_steps = 0
         self.order = self.kernel_cache = None
+        self.params = []  # the optimizer's parameters as the current step found them
         self.trial = ThreadTrial() if trial is None else trial
 
     def start_epoch(self):
@@ -251,7 +252,6 @@ class MLPStep(GraphedStep):
             self.why_not = "the model has hooks"
 
     def end_epoch(self):
-        self.trial.__exit__()  # also after an interrupt that landed inside a `with trial:` before its try
         self._drop_grads()
 
     def rebind(self, opt, crit):
@@ -334,7 +334,8 @@ class MLPStep(GraphedStep):
             self.why_not = (f"a callback changed the batch to {tuple(xb.shape)} {xb.dtype} with {tuple(yb.shape)} "
                             f"{yb.dtype} labels")
             return False
-        if not all(map(_requires_grad, self._opt_params())):
+        self.params = self._opt_params()  # what this step trains (`_update` uses them too)
+        if not all(map(_requires_grad, self.params)):
             self.why_not = "a callback froze some of the optimizer's parameters"
             return False
         self._train(xb, yb)
@@ -396,7 +397,7 @@ class MLPStep(GraphedStep):
         groups = self._kernel_groups()
         if groups is None:
             slots = self.slots
-            for p in self._opt_params():
+            for p in self.params:
                 j = slots.get(id(p))  # None for a tensor that is not a Linear's: its forward never used it
                 p.grad = None if j is None else grads[j]
             self.trial.__exit__()  # the optimizer's own code and its hooks run on torch's thread count
@@ -445,7 +446,7 @@ class MLPStep(GraphedStep):
                                      or group.get("decoupled_weight_decay", adamw) != adamw))):
                 return None
         cache, groups = self.kernel_cache, opt.param_groups
-        params, sizes = self._opt_params(), [len(g["params"]) for g in groups]
+        params, sizes = self.params, [len(g["params"]) for g in groups]
         if (cache is None or cache[0] is not groups or cache[1] is not opt.state or cache[2] is not self.weights
                 or cache[3] != sizes or not all(map(operator.is_, cache[4], params))
                 or not all(map(operator.is_, map(opt.state.get, params), cache[5]))):
