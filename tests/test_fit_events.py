@@ -1,4 +1,5 @@
-"""fit's event semantics a fastai or Keras user relies on: after_fit runs after CancelFit, an epoch
+"""fit's event semantics a fastai or Keras user relies on: after_fit runs after CancelFit (and after an
+error or Ctrl-C, so a schedule's rates come back), an epoch
 cancelled in after_epoch is still recorded, a schedule gives the optimizer its rates back, and
 EarlyStopping picks the direction of a figure the way Keras does; History lookups."""
 import warnings
@@ -66,6 +67,41 @@ def test_a_schedule_gives_the_optimizer_its_rates_back():
     assert max(h2.info["lrs"]) == pytest.approx(1e-2)
     fit(m, md(), 1, opt, callbacks=[StopAt(0)], schedule=one_cycle(), verbose=False)
     assert opt.param_groups[0]["lr"] == 1e-2  # also after CancelFit
+
+
+class Boom(Callback):
+    def __init__(self, exc):
+        self.exc = exc
+
+    def after_batch(self, run):
+        if run.step == 5:
+            raise self.exc
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), RuntimeError("boom")])
+def test_a_fit_ended_by_an_error_or_ctrl_c_still_gives_the_rates_back(exc):
+    m = net()
+    opt = optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    with pytest.raises(type(exc)):
+        fit(m, md(), 2, opt, callbacks=[Boom(exc)], schedule=one_cycle(1.0), verbose=False)
+    assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_a_nan_under_a_schedule_leaves_the_rates_as_they_were():
+    from netfit import NonFiniteLossError
+    m = net()
+    opt = optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    with pytest.raises(NonFiniteLossError):
+        fit(m, md(), 3, opt, schedule=one_cycle(1e6), verbose=False)
+    assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_an_after_fit_that_fails_after_an_error_warns_and_the_first_error_is_raised():
+    class Fragile(Callback):
+        def after_fit(self, run):
+            raise ValueError("cannot tidy up")
+    with pytest.warns(UserWarning, match="cannot tidy up"), pytest.raises(RuntimeError, match="boom"):
+        fit(net(), md(), 1, callbacks=[Boom(RuntimeError("boom")), Fragile()], verbose=False)
 
 
 @pytest.mark.parametrize("monitor, mode", [("val_loss", "min"), ("error_rate", "min"), ("mse", "min"),

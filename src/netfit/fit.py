@@ -64,7 +64,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Callback:
-    """Base class for callbacks: override any of the methods named in `EVENTS`; each gets the Run."""
+    """Base class for callbacks: override any of the methods named in `EVENTS`; each gets the Run.
+
+    `after_fit` runs however a fit that got past `before_fit` ends: normally, by `CancelFit`, or by an
+    error or Ctrl-C (then an `after_fit` that fails only warns, and the error that stopped the fit is
+    the one raised), so a callback can always put back what it changed."""
 
 
 @dataclass
@@ -291,9 +295,11 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if deterministic:
         torch.use_deterministic_algorithms(True)
+    started = ended = False
     try:
         try:
             emit("before_fit")
+            started = True
             for epoch in range(start_epoch, int(epochs)):
                 run.epoch, start = epoch, time.perf_counter()
                 run.record, run.epoch_losses = {"epoch": epoch}, None
@@ -332,11 +338,14 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                     raise CancelFit()
         except CancelFit:
             pass
+        ended = True
         try:  # also after CancelFit (as fastai and Keras do): EarlyStopping restores, Schedule puts rates back
             emit("after_fit")
         except CancelFit:
             pass
     finally:
+        if started and not ended:  # an error or Ctrl-C: the callbacks still tidy up (a schedule's rates back)
+            _after_fit_anyway(handlers["after_fit"], run)
         run.trial.__exit__()  # torch's thread count back, even after an interrupt inside the switch
         if graphed is not None:
             graphed.end_epoch()  # plain float rates back in the param groups, even after an error
@@ -350,6 +359,17 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     if world > 1:  # the files rank 0 wrote (checkpoint, SaveBest...) are complete before any rank reads them
         dist_barrier()
     return history
+
+
+def _after_fit_anyway(handlers, run):
+    """`after_fit` for a fit that an error or an interrupt ended: each handler runs, and one that fails
+    warns instead of hiding the error that ended the fit."""
+    for handler in handlers:
+        try:
+            handler(run)
+        except Exception as e:
+            _warn(f"{getattr(handler, '__qualname__', handler)} failed after the fit had stopped on an error: "
+                  f"{type(e).__name__}: {e}")
 
 
 def _stepper(run, dl, callbacks, fast):
