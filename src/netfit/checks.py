@@ -162,11 +162,14 @@ def _class_loss(crit):
     return None
 
 
+_ROW_SUM_TOL = 0.05  # exp(log-probabilities) from a half-precision model can sum to 1 +- a few 1e-3
+
+
 def _check_outputs(model, crit, out):
     """FitError when NLL loss gets outputs that cannot be log-probabilities: any output above 0 (raw
-    scores, probabilities) or a final LogSoftmax over another dimension; these train to nonsense,
-    silently. A warning when cross-entropy gets probabilities: it applies a softmax itself, so the
-    model's Softmax is applied twice. `out`: the model's outputs for a few training rows, (n, C)."""
+    scores, probabilities), a final LogSoftmax over another dimension or any log-softmax over the batch
+    (columns that sum to 1), a final LogSigmoid; these train to nonsense, silently. A warning when
+    cross-entropy gets probabilities: it applies a softmax itself, so the model's Softmax is applied twice. `out`: the model's outputs for a few training rows, (n, C)."""
     kind = _class_loss(crit)
     if kind is None or not isinstance(out, torch.Tensor) or out.ndim != 2 or not out.is_floating_point():
         return
@@ -182,8 +185,16 @@ def _check_outputs(model, crit, out):
             hint = "they look like probabilities: end the model in nn.LogSoftmax(dim=1) instead of nn.Softmax"
         elif bool((out > 1e-3).any()):  # a log-probability is never above 0
             hint = "end the model in nn.LogSoftmax(dim=1), or train raw scores with nn.CrossEntropyLoss()"
-        else:
+        elif bool(((sums - 1).abs() <= _ROW_SUM_TOL).all()):
             return
+        elif len(out) > 1 and bool(((out.exp().sum(0) - 1).abs() <= _ROW_SUM_TOL).all()):
+            hint = ("the columns sum to 1 instead: the softmax runs over the batch (dim=0); take it over each "
+                    "row's classes with nn.LogSoftmax(dim=1) or softmax(x, dim=1)")
+        elif isinstance(last[0], nn.LogSigmoid):  # each output a log-probability of its own
+            hint = (f"its last layer {last[0]} gives each class its own probability, not one distribution per row: "
+                    "use nn.LogSoftmax(dim=1), or train raw scores with nn.CrossEntropyLoss()")
+        else:  # nothing names the mistake, and the lesson's own hand-written LogReg (its softmax divides by
+            return  # 1 + a column sum) is one: it trains, and the lesson runs it
         raise FitError(f"{kind} needs log-probabilities from the model (each row of exp(outputs) summing to 1), "
                        f"but the rows sum to {sums.min().item():.3g}..{sums.max().item():.3g}; {hint}")
     if probabilities:

@@ -79,6 +79,8 @@ training: the weights are unchanged, the optimizer has no state, no callback eve
 70  a model with every parameter frozen          fit                        FitError
 71  a loss that does not reduce the batch        fit                        FitError
 72  a model that returns a tuple                 fit                        FitError
+73  a hand-written log-softmax over the batch    fit                        FitError
+74  NLL loss on LogSigmoid outputs               fit                        FitError
 
 Then: a loss that becomes NaN stops training with an error naming epoch and step and leaves the
 last good checkpoint as it was (`on_nan="warn"` warns and goes on), and the CLI prints such errors
@@ -90,6 +92,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn, optim
+from torch.nn import functional as F
 
 import _reliability_jobs as J
 from netfit import (ArrayLoader, Callback, DataError, ExportError, FitError, ImageClassifierData, NonFiniteLossError,
@@ -162,6 +165,17 @@ class TwoOutputs(nn.Module):
 
     def forward(self, x):
         return self.net(x), x
+
+
+class Lambda(nn.Module):
+    """`fn(body(x))`: a hand-written forward, as the lesson's LogReg has."""
+
+    def __init__(self, body, fn):
+        super().__init__()
+        self.body, self.fn = body, fn
+
+    def forward(self, x):
+        return self.fn(self.body(x))
 
 
 def output_1d():
@@ -299,6 +313,12 @@ CASES = [
      ["reduce the batch to one number", "reduction='none'"]),
     ("a model that returns a tuple", trains(make_net=lambda: TwoOutputs(), crit=nn.NLLLoss()), FitError,
      ["returns a tuple", "NLLLoss needs one tensor of class scores"]),
+    ("a hand-written log-softmax over the batch", trains(make_net=lambda: Lambda(net4()[:3], lambda z: F.log_softmax(z, 0)),
+                                                        crit=nn.NLLLoss()), FitError,
+     ["needs log-probabilities", "columns sum to 1", "over the batch (dim=0)", "dim=1"]),
+    ("NLL loss on LogSigmoid outputs", trains(make_net=lambda: nn.Sequential(*net4()[:3], nn.LogSigmoid()),
+                                              crit=nn.NLLLoss()), FitError,
+     ["needs log-probabilities", "rows sum to", "nn.LogSoftmax(dim=1)"]),
 ]
 
 
