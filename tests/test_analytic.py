@@ -513,6 +513,39 @@ def test_deterministic_fits_keep_torchs_thread_count(two_threads, monkeypatch):
     assert set(in_step) == {2}
 
 
+def test_seeded_fits_keep_torchs_thread_count_and_repeat_bit_for_bit(two_threads, monkeypatch):
+    in_step = trial_clock(monkeypatch, 1, 5)  # one thread would be timed faster
+    nets, hs = [], []
+    for _ in range(2):
+        torch.manual_seed(0)
+        nets.append(mlp())
+        hs.append(fit(nets[-1], data(), 2, seed=0, verbose=False))
+    assert set(in_step) == {2} and "ThreadTrial" not in hs[0].info["step"]
+    assert hs[0]["trn_loss"] == hs[1]["trn_loss"] and all(map(torch.equal, nets[0].parameters(), nets[1].parameters()))
+
+
+def test_a_seeded_fit_interrupted_and_resumed_on_two_threads_ends_as_one_not_interrupted(two_threads, tmp_path):
+    class CtrlC:
+        def after_batch(self, run):
+            if run.epoch == 1 and run.batch == 5:
+                raise KeyboardInterrupt
+
+    def run(ckpt, callbacks=(), resume=False, net=None):
+        if net is None:
+            torch.manual_seed(0)
+            net = mlp()
+        fit(net, data(), 3, callbacks=list(callbacks), seed=0, checkpoint=ckpt, checkpoint_every=4, resume=resume,
+            verbose=False)
+        return net
+    whole = run(tmp_path / "a")
+    torch.manual_seed(0)
+    net = mlp()
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", [CtrlC()], net=net)
+    resumed = run(tmp_path / "b", resume=True, net=net)
+    assert all(map(torch.equal, whole.parameters(), resumed.parameters()))
+
+
 def test_one_thread_steps_train_like_autograd(two_threads, monkeypatch):
     trial_clock(monkeypatch, 1, 5)
     twins(small_mlp, lambda ps: optim.Adam(ps, 1e-2), list, monkeypatch)

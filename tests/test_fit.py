@@ -211,6 +211,14 @@ def test_plain_dataloaders_work_too():
     assert h[-1]["accuracy"] > 0.9
 
 
+def test_a_script_that_imported_ipykernel_gets_the_plain_table(md, capsys):
+    pytest.importorskip("ipykernel")  # imported, as nbclient or a plotting library may, but no kernel runs
+    net = logreg()
+    fit(net, md, 1, optim.SGD(net.parameters(), 0.1), nn.NLLLoss())
+    out = capsys.readouterr().out
+    assert "it/s" not in out and out.splitlines()[0].split()[0] == "epoch"
+
+
 def test_verbose_prints_table(md, capsys):
     net = logreg()
     fit(net, md, 2, optim.SGD(net.parameters(), 0.1), nn.NLLLoss(), [accuracy])

@@ -221,6 +221,40 @@ def test_cli_resume_refuses_other_options(digits_pickle, tmp_path, capsys):
     assert main(base + ["--epochs", "2", "--bs", "32", "--resume"]) == 0
 
 
+def test_cli_resume_after_a_rerun_interrupted_before_its_first_save_does_not_continue_the_earlier_run(
+        digits_pickle, tmp_path, capsys, monkeypatch):
+    import sys
+    out = tmp_path / "run"
+    base = ["train", "--data-path", str(digits_pickle), "--model", "logreg", "--out", str(out)]
+    assert main(base + ["--epochs", "1", "--quiet"]) == 0
+
+    def interrupted(*args, **kwargs):  # Ctrl-C before the rerun's first checkpoint
+        raise KeyboardInterrupt
+    monkeypatch.setattr(sys.modules["netfit.fit"], "fit", interrupted)
+    assert main(base + ["--epochs", "1", "--lr", "0.01"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(base + ["--epochs", "1", "--lr", "0.01", "--resume"]) == 0
+    text = capsys.readouterr().out
+    assert "no checkpoint at" in text and "from checkpoint" not in text
+
+
+def test_cli_resume_refuses_another_data_path_or_lr_find(digits_pickle, tmp_path, capsys):
+    import shutil
+    out = tmp_path / "run"
+    other = tmp_path / "mnist-copy.pkl.gz"
+    shutil.copy(digits_pickle, other)
+    base = ["train", "--model", "logreg", "--quiet", "--out", str(out)]
+    assert main(base + ["--data-path", str(digits_pickle), "--epochs", "1"]) == 0
+    assert main(base + ["--data-path", str(other), "--epochs", "2", "--resume"]) == 1
+    assert "--data-path" in capsys.readouterr().err
+    assert main(base + ["--data-path", str(digits_pickle), "--epochs", "2", "--lr-find", "--resume"]) == 1
+    assert "--lr-find (the default) (got True)" in capsys.readouterr().err
+    (out / "args.json").write_text("{'not json")
+    assert main(base + ["--data-path", str(digits_pickle), "--epochs", "2", "--resume"]) == 1
+    assert f"cannot read {out / 'args.json'}" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cli_device_cuda_without_cuda_is_an_error(digits_pickle, tmp_path, capsys):
     assert main(["train", "--data-path", str(digits_pickle), "--device", "cuda", "--out", str(tmp_path / "r")]) == 1

@@ -131,7 +131,7 @@ def _has_hooks(model):
 class ThreadTrial:
     """The intra-op thread count of a CPU training step (`MLPStep`'s, or the forward and backward of
     `fit`'s eager loop): torch's (`torch.get_num_threads()`) or one, whichever the latest trial timed
-    faster. `enabled=False` (what `fit` passes on a GPU, under DDP or with `fast=False`) leaves it alone.
+    faster. `enabled=False` (what `fit` passes on a GPU, under DDP, with `fast=False` or a `seed`) leaves it alone.
 
     A trial runs steps on one thread for `trial_s` seconds (at least `warm` steps), then as many on
     torch's count, stopping as soon as those take longer; the steps after it run on the faster until the

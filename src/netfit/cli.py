@@ -106,8 +106,16 @@ def build_parser():
     return p
 
 
-_RUN_OPTIONS = ("data", "model", "bs", "opt", "lr", "momentum", "wd", "seed", "schedule", "amp", "clip",
-                "accumulate", "augment")  # what a resumed run must share with the run that wrote the checkpoint
+_RUN_OPTIONS = ("data", "data_path", "model", "bs", "opt", "lr", "lr_find", "momentum", "wd", "seed", "schedule",
+                "amp", "clip", "accumulate", "augment")  # what a resumed run must share with the run that wrote the checkpoint
+
+
+def _run_options(args):
+    """`_RUN_OPTIONS` as args.json keeps them: --data-path as an absolute path (a resume may run elsewhere)."""
+    options = {k: getattr(args, k) for k in _RUN_OPTIONS}
+    if options["data_path"] is not None:
+        options["data_path"] = str(Path(options["data_path"]).resolve())
+    return options
 
 
 def _data_named_by(path):
@@ -128,11 +136,16 @@ def _check_resume(args, out):
     saved = out / "args.json"
     if not args.resume or not saved.exists():
         return
-    was = json.loads(saved.read_text())
-    changed = [k for k in _RUN_OPTIONS if k in was and was[k] != getattr(args, k)]
+    try:
+        was = json.loads(saved.read_text())
+    except ValueError as e:
+        raise ValueError(f"--resume: cannot read {saved} ({e}), which says what the run was started with; run "
+                         "without --resume to start afresh") from None
+    now = _run_options(args)
+    changed = [k for k in _RUN_OPTIONS if k in was and was[k] != now[k]]
     if changed:
-        shown = lambda v: "(the default)" if v is None else repr(v)  # noqa: E731
-        flags = ", ".join(f"--{k.replace('_', '-')} {shown(was[k])} (got {shown(getattr(args, k))})" for k in changed)
+        shown = lambda v: "(the default)" if v in (None, False) else repr(v)  # noqa: E731
+        flags = ", ".join(f"--{k.replace('_', '-')} {shown(was[k])} (got {shown(now[k])})" for k in changed)
         raise ValueError(f"--resume: {out}/ckpt was written by a run with {flags}; resume with its options")
 
 
@@ -238,7 +251,10 @@ def train(args):
     if args.resume and not (out / "ckpt").exists() and not (out / "ckpt.prev").exists():
         say(f"--resume: no checkpoint at {out / 'ckpt'}; starting from scratch")
     if main_rank:  # written only once training starts: a run that fails before does not overwrite it
-        (out / "args.json").write_text(json.dumps({k: getattr(args, k) for k in _RUN_OPTIONS}, indent=2))
+        if not args.resume:  # an earlier run's checkpoints: a --resume after an interrupt must not continue them
+            for old in (out / "ckpt", out / "ckpt.prev"):
+                old.unlink(missing_ok=True)
+        (out / "args.json").write_text(json.dumps(_run_options(args), indent=2))
     history = fit(net, md, args.epochs, opt, nn.NLLLoss(), [accuracy], callbacks, verbose=not args.quiet,
                   checkpoint=out / "ckpt", checkpoint_every=args.checkpoint_every, resume=args.resume,
                   schedule=schedule, amp=args.amp, accumulate=args.accumulate,

@@ -193,9 +193,11 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
             and step (the last checkpoint stays as it was); "warn" warns and skips that step.
         deterministic: `torch.use_deterministic_algorithms(True)` for the duration of the call (and the
             CPU step keeps torch's thread count instead of timing one thread against it).
-        seed: shuffle epoch e with `trn_dl.order(seed + e)` instead of torch's generator. Under
-            torchrun rank 0's seed (drawn there when None) is broadcast and kept in
-            `history.info["seed"]`; a single process given that seed sees the same permutations.
+        seed: shuffle epoch e with `trn_dl.order(seed + e)` instead of torch's generator, and keep
+            torch's thread count for the CPU step (as `deterministic=True` does), so that a run seeded
+            like another (weights too: `torch.manual_seed`) repeats it bit for bit. Under torchrun rank
+            0's seed (drawn there when None) is broadcast and kept in `history.info["seed"]`; a single
+            process given that seed sees the same permutations.
 
     Arguments and data are checked before training starts: a `FitError` or `DataError` names what
     was expected and what was given (for loaders holding arrays: finite inputs, rows the model can
@@ -270,7 +272,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     run.seed = dist_shared_seed(device, seed) if distributed else seed
     run.world, run.rank, run.accumulate, run.on_nan = world, rank, accumulate, on_nan
     run.checkpoint, run.checkpoint_every, run.callbacks = checkpoint, checkpoint_every, callbacks
-    run.trial = ThreadTrial(enabled=device.type == "cpu" and fast and world == 1)
+    # timing picks one thread or two, which round differently: off when a seed asks for a repeatable run
+    run.trial = ThreadTrial(enabled=device.type == "cpu" and fast and world == 1 and seed is None)
     start_epoch, resume_at = 0, None
     if resume:
         resume_at = _restore(run, checkpoint)

@@ -103,6 +103,13 @@ def _table_row(r, keys):
     return "  ".join(cells)
 
 
+def _in_jupyter():
+    """True inside a Jupyter kernel (also Colab's); not in a script that merely imported ipykernel."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
 class _Progress:
     """tqdm's auto bar over the batches: a widget in Jupyter, one redrawn line on a terminal,
     nothing when output is not a terminal (or `verbose=False`). The table goes through `write`."""
@@ -111,7 +118,7 @@ class _Progress:
         self.verbose, self.bar = verbose, None
         if not verbose:
             return
-        if "ipykernel" in sys.modules:  # Jupyter: a widget, if ipywidgets is there to draw it
+        if _in_jupyter():  # a widget, if ipywidgets is there to draw it
             try:
                 import ipywidgets  # noqa: F401  (tqdm's notebook bar needs it; without it, no bar)
                 from tqdm.notebook import tqdm

@@ -2,7 +2,7 @@
 
     seed_everything(0)
     net = mlp()                                              # the same initial weights every time
-    history = fit(net, md, 3, deterministic=True)            # the same History and weights on CPU
+    history = fit(net, md, 3, seed=0)                        # the same History and weights on CPU
 """
 import os
 import random
@@ -18,8 +18,9 @@ def seed_everything(seed):
 
     Also sets `PYTHONHASHSEED`, which only reaches processes started afterwards (workers, torchrun
     children): the running interpreter fixed its string hashing when it started. Pair it with
-    `fit(..., deterministic=True)` for identical runs; seeding alone leaves the choice of kernels free
-    (and, on the CPU, the step's thread count: `netfit.analytic.ThreadTrial`).
+    `fit(..., seed=seed)` (the shuffles, and on the CPU torch's thread count for every step instead of
+    `netfit.analytic.ThreadTrial`'s timed choice) or `fit(..., deterministic=True)` for identical runs;
+    seeding alone leaves those free.
 
     Example:
         >>> _ = seed_everything(42); a = torch.rand(2)
