@@ -168,3 +168,25 @@ def test_labels_that_are_not_class_indices_get_a_way_forward(y, hint):
     x, _ = arrays(40)
     with pytest.raises(DataError, match=re.escape(hint)):
         ImageClassifierData.from_arrays(".", (x, y), (x, np.arange(40) % 2), device="cpu")
+
+
+@pytest.mark.parametrize("test, n", [
+    (lambda x, y: x[:7], 7),                # the inputs
+    (lambda x, y: (x[:7],), 7),             # a 1-tuple: its inputs, not a batch of one 3-d "row"
+    (lambda x, y: (x[:7], y[:7]), 7),       # an (x, y) pair: the labels are not used
+    (lambda x, y: [x[0], x[1]], 2),         # a list of two rows is two rows, not an (x, y) pair
+])
+def test_the_test_set_in_each_form_it_comes(test, n):
+    x, y = arrays(d=4)
+    md = ImageClassifierData.from_arrays(".", (x, y), (x[:30], y[:30]), test=test(x, y), device="cpu")
+    assert md.test_dl.x.shape[0] == n and md.test_dl.x.dim() in (2, 3)
+    if md.test_dl.x.dim() == 2:
+        assert md.test_dl.x.shape[1] == 4
+
+
+def test_a_test_set_of_other_rows_is_refused_and_one_not_normalised_warned():
+    x, y = arrays(d=4)
+    with pytest.raises(DataError, match=re.escape("the test set rows have shape (5,) but x rows have (4,)")):
+        ImageClassifierData.from_arrays(".", (x, y), (x[:30], y[:30]), test=np.zeros((3, 5), np.float32))
+    with pytest.warns(UserWarning, match="the test set .* is scaled differently from x"):
+        ImageClassifierData.from_arrays(".", (x, y), (x[:30], y[:30]), test=x[:20] * 50 + 100, device="cpu")

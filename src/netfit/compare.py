@@ -152,7 +152,7 @@ def _train_net(name, x, y, xv, yv, xt, n_classes, epochs, budget, device, seed, 
     """x, xv, xt already normalised with the training statistics."""
     torch.manual_seed(seed)
     with warnings.catch_warnings():  # compare scaled the splits itself; per-column scaling may leave the validation
-        warnings.filterwarnings("ignore", message="x_valid .* is scaled differently")  # rows' overall std apart
+        warnings.filterwarnings("ignore", message="(x_valid|the test set) .* is scaled differently")  # rows' overall std apart
         md = ImageClassifierData.from_arrays(name, (x, y), (xv, yv), bs=budget.bs, classes=list(range(n_classes)),
                                              device=device)
     net = _build_net(name, x.shape[1], n_classes, budget).to(device)

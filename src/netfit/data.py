@@ -305,12 +305,14 @@ class ImageClassifierData:
         if val is not None:
             val_x, val_y = _pair(val, "val")
             xv, yv = as_tensors(val_x, val_y, "x_valid")
-            if xv.shape[1:] != x.shape[1:]:
-                raise DataError(f"x_valid rows have shape {tuple(xv.shape[1:])} but x rows have "
-                                f"{tuple(x.shape[1:])}; expected the same")
         else:
             xv = yv = None
-        _warn_scale(x, xv)
+        xt = as_tensors(_test_x(test), None, "test")[0] if test is not None else None
+        for name, other in (("x_valid", xv), ("the test set", xt)):
+            if other is not None and other.shape[1:] != x.shape[1:]:
+                raise DataError(f"{name} rows have shape {tuple(other.shape[1:])} but x rows have "
+                                f"{tuple(x.shape[1:])}; expected the same")
+        _warn_scale(x, [("x_valid", xv), ("the test set", xt)])
         n_seen = int(max(y.max().item(), yv.max().item() if yv is not None else 0)) + 1
         if n_seen < 2 and classes is None:
             raise DataError(f"the labels hold a single class ({n_seen - 1}); a classifier needs at least 2")
@@ -330,9 +332,6 @@ class ImageClassifierData:
                 raise DataError(f"labels go up to {n_seen - 1} but only {len(classes)} classes were named")
         self.classes = classes if classes is not None else list(range(n_seen))
         self.c = len(self.classes)
-        xt = None
-        if test is not None:
-            xt, _ = as_tensors(test[0] if isinstance(test, (tuple, list)) and len(test) == 2 else test, None, "test")
         self.device = _device(device) if device is not None else default_device()
         self.trn_dl = ArrayLoader(x, y, bs, shuffle=True)
         self.val_dl = ArrayLoader(xv, yv, bs) if xv is not None else None
@@ -466,9 +465,21 @@ def _device(device):
     return d
 
 
-def _warn_scale(x, xv):
+def _test_x(test):
+    """The inputs in what `test=` holds: x, `(x,)`, or an `(x, y)` pair (its labels unused); a list of
+    two images is two images, not a pair."""
+    if isinstance(test, tuple) and len(test) == 1:
+        return test[0]
+    if (isinstance(test, (tuple, list)) and len(test) == 2 and np.ndim(test[0]) >= 2 and np.ndim(test[1]) == 1
+            and len(test[1]) == len(test[0])):
+        return test[0]
+    return test
+
+
+def _warn_scale(x, others):
     """Warn about inputs a net trains badly on: far from mean 0 / std 1 (pixels left in 0..255), or
-    validation inputs scaled differently from the training ones (normalised with other statistics)."""
+    validation or test inputs (`others`: (name, x) pairs) scaled differently from the training ones
+    (normalised with other statistics, or not at all)."""
     lo, hi = (v.item() for v in torch.aminmax(x))
     s, m = (v.item() for v in torch.std_mean(x)) if x.numel() > 1 else (0.0, lo)
     # far-out values alone are no sign: per-pixel normalisation makes some, with mean 0 and std 1 overall
@@ -476,12 +487,14 @@ def _warn_scale(x, xv):
         _warn(f"the training inputs range from {lo:g} to {hi:g} (mean {m:.3g}, std {s:.3g}); nets train best on "
               "inputs near mean 0 and std 1: normalise first, e.g. mean, std = x.mean(), x.std(); "
               "x = (x - mean) / std, and x_valid with the same mean and std")
-    if xv is None or len(xv) < 2 or len(x) < 2:
-        return
-    sv, mv = (v.item() for v in torch.std_mean(xv))
-    if s > 0 and (abs(mv - m) > s or not 0.5 < sv / s < 2):
-        _warn(f"x_valid (mean {mv:.3g}, std {sv:.3g}) is scaled differently from x (mean {m:.3g}, std {s:.3g}); "
-              "normalise both with the training statistics: x_valid = (x_valid - mean) / std")
+    for name, xo in others:
+        if xo is None or len(xo) < 2 or len(x) < 2 or not s > 0:
+            continue
+        so, mo = (v.item() for v in torch.std_mean(xo))
+        if abs(mo - m) > s or not 0.5 < so / s < 2:
+            _warn(f"{name} (mean {mo:.3g}, std {so:.3g}) is scaled differently from x (mean {m:.3g}, std {s:.3g}); "
+                  "normalise every split with the training statistics: x_valid = (x_valid - mean) / std, and "
+                  "the test set the same way")
 
 
 def _pair(split, name):
