@@ -663,3 +663,28 @@ def test_review_edge_cases_of_the_plots_and_the_interrupt_hint(tmp_path, monkeyp
     monkeypatch.setattr(cli, "train", interrupted)
     assert main(["train", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err.strip() == "netfit: interrupted"  # not "--resume" from the earlier run's file
+
+
+def test_arrays_where_loaders_belong_get_a_way_forward():
+    from netfit import FitError, predict
+    net = lesson_net()
+    with pytest.raises(FitError, match=r"pair of \(x, y\) array pairs.*from_arrays"):
+        fit(net, ((XN, Y), (XN[:100], Y[:100])), 1, verbose=False)
+    with pytest.raises(DataError, match=r"\(x, y\) pair of arrays; predict takes the inputs alone"):
+        predict(net, (XN[:10], Y[:10]))
+    with pytest.raises(DataError, match=r"dataset \(ArrayDataset\).*md.val_dl, not md.val_ds"):
+        predict(net, md_of().val_ds)
+    assert predict(net, XN[:10]).shape == (10, 10)
+
+
+def test_an_array_loader_takes_numpy_arrays():
+    from netfit import ArrayLoader
+    x = XN.copy()
+    x.flags.writeable = False  # e.g. from pandas: copied, with no warning from torch
+    dl = ArrayLoader(x, Y.astype(np.float32).reshape(-1, 1), bs=64, shuffle=True)
+    assert isinstance(dl.x, torch.Tensor) and dl.y.shape == (300, 1)
+    net = nn.Sequential(nn.Linear(784, 1), nn.Flatten(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dl = ArrayLoader(x, Y.astype(np.float32), bs=64, shuffle=True)
+        fit(net, (dl, None), 1, crit=nn.MSELoss(), verbose=False)

@@ -140,6 +140,14 @@ def _check_targets(crit, out, y, what):
             or not isinstance(y, torch.Tensor):
         return
     name = type(crit).__name__ if isinstance(crit, nn.Module) else f"F.{crit.__name__}"
+    if not y.is_floating_point() and ("BCE" in name or "binary" in name):  # class labels, as ImageClassifierData keeps them
+        shape = ", ".join(map(str, out.shape[1:]))
+        raise DataError(f"{name} needs float targets shaped like the outputs ({tuple(out.shape[1:])} per row); {what} "
+                        f"targets are class labels, {str(y.dtype)[6:]} {tuple(y.shape[1:])} per row, as ImageClassifierData "
+                        "keeps them. For two classes, end the model in nn.Linear(..., 2) and use nn.CrossEntropyLoss() "
+                        "(or nn.LogSoftmax(dim=1) and nn.NLLLoss()); to keep one output, give fit your own loaders: "
+                        f"fit(net, (ArrayLoader(x, y.float().reshape(len(y), {shape}), bs=64, shuffle=True), "
+                        f"ArrayLoader(x_valid, y_valid.float().reshape(len(y_valid), {shape}), bs=64)), ...)")
     if tuple(y.shape[1:]) != tuple(out.shape[1:]):
         fix = (f"y.reshape(len(y), {', '.join(map(str, out.shape[1:]))})" if out.shape[1:].numel() == y.shape[1:].numel()
                else "one target per output")
@@ -147,9 +155,7 @@ def _check_targets(crit, out, y, what):
                         f"{tuple(out.shape[1:])} per row and {what} targets are {tuple(y.shape[1:])} per row "
                         f"(torch would broadcast them and train on the wrong loss); use {fix}")
     if not y.is_floating_point():
-        hint = ("; for class labels use nn.CrossEntropyLoss() on (N, C) outputs" if "BCE" in name
-                or "binary" in name else "")
-        raise DataError(f"{name} needs float targets; {what} targets are {str(y.dtype)[6:]} (use y.float()){hint}")
+        raise DataError(f"{name} needs float targets; {what} targets are {str(y.dtype)[6:]} (use y.float())")
 
 
 def _class_loss(crit):

@@ -177,11 +177,21 @@ class ArrayDataset:
         return (self.x[i], self.y[i]) if self.y is not None else self.x[i]
 
 
+def _tensor(a):
+    """`a` as a tensor: itself, or a numpy array's (or array-like's) data without a copy where torch can
+    share it (a read-only array is copied: torch would warn about writing to it)."""
+    if isinstance(a, torch.Tensor):
+        return a
+    a = np.asarray(a)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 class ArrayLoader:
     """Batches of `(x, y)` cut from whole tensors.
 
     Args:
-        x: (N, ...) tensor; y: (N,) tensor or None (then batches are `x` alone).
+        x: (N, ...) tensor (a numpy array is taken as one, without a copy); y: (N,) tensor, array or
+            None (then batches are `x` alone).
         bs: rows per batch; the last batch holds the rest unless `drop_last`.
         shuffle: a fresh permutation each epoch, from torch's global generator (seed it with
             `torch.manual_seed`) or from `generator`.
@@ -195,7 +205,7 @@ class ArrayLoader:
     def __init__(self, x, y=None, bs=64, shuffle=False, drop_last=False, generator=None):
         if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
             raise DataError(f"batch size must be a positive integer; got {bs!r}")
-        self.x, self.y, self.bs = x, y, bs
+        self.x, self.y, self.bs = _tensor(x), None if y is None else _tensor(y), bs
         self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
         self.dataset = ArrayDataset(x, y)
 

@@ -142,6 +142,9 @@ def _loaders(data):
         if isinstance(data[0], (np.ndarray, torch.Tensor)) and isinstance(data[1], (np.ndarray, torch.Tensor)):
             raise FitError("data is an (x, y) pair of arrays; fit takes loaders: wrap the arrays first, "
                            "md = ImageClassifierData.from_arrays(path, (x, y), (x_valid, y_valid)), then fit(net, md, ...)")
+        if any(isinstance(d, (tuple, list)) and d and isinstance(d[0], (np.ndarray, torch.Tensor)) for d in data):
+            raise FitError("data is a pair of (x, y) array pairs; fit takes loaders: wrap the arrays first, "
+                           "md = ImageClassifierData.from_arrays(path, (x, y), (x_valid, y_valid)), then fit(net, md, ...)")
         return data[0], data[1]
     raise FitError(f"data must have trn_dl/val_dl (e.g. ImageClassifierData) or be a (trn_dl, val_dl) "
                    f"pair; got {type(data).__name__}")

@@ -29,13 +29,19 @@ def _outputs(model, dl):
         raise DataError("got None instead of a loader or an array (md.test_dl is None when md has no test set)")
     if hasattr(dl, "trn_dl") and hasattr(dl, "val_dl"):
         raise DataError(f"got the whole {type(dl).__name__}; pass one of its loaders: md.val_dl (or md.test_dl)")
+    from .data import ArrayDataset, ArrayLoader, as_tensors
+    if isinstance(dl, (ArrayDataset, torch.utils.data.Dataset)):  # rows one at a time, each without its batch axis
+        raise DataError(f"got a dataset ({type(dl).__name__}), whose items are single rows; pass a loader over it "
+                        "(md.val_dl, not md.val_ds) or the array of inputs")
+    if isinstance(dl, tuple) and len(dl) == 2 and all(isinstance(a, (np.ndarray, torch.Tensor)) for a in dl):
+        raise DataError("got an (x, y) pair of arrays; predict takes the inputs alone: predict(net, x), or "
+                        "predict_with_targs(net, loader) for the labels too")
     if isinstance(getattr(dl, "sampler", None), torch.utils.data.RandomSampler):
         _warn("this DataLoader shuffles (shuffle=True), so the predictions come in a random order that matches no "
               "label array; predict on a loader with shuffle=False")
     if isinstance(dl, list) and dl and isinstance(dl[0], (list, int, float)):  # x.tolist(): rows of numbers
         dl = np.asarray(dl, dtype=np.float32)
     if isinstance(dl, (np.ndarray, torch.Tensor)):  # a bare array: batch it in order
-        from .data import ArrayLoader, as_tensors
         dl = ArrayLoader(as_tensors(dl, None, "x")[0], None, bs=1024)
     world, rank = dist_world(), dist_rank()
     sharded = world > 1 and torch.distributed.is_initialized() and hasattr(dl, "batches")
