@@ -145,6 +145,8 @@ def test_accuracy_reads_a_column_of_targets_as_a_vector():
     assert accuracy(p, np.array([[0], [1], [2], [3]])) == 1.0
     assert accuracy(torch.tensor(p), torch.tensor([[0], [1], [2], [0]])).item() == 0.75
     assert accuracy(np.array([0.0, 1.0, 2.0]), np.array([0, 1, 1])) == pytest.approx(2 / 3)  # float labels are fine
+    assert accuracy(np.array([[0], [1], [2]]), np.array([0, 1, 2])) == 1.0  # a column of predicted labels
+    assert accuracy(torch.tensor([[0], [1], [2]]), torch.tensor([0, 1, 1])).item() == pytest.approx(2 / 3)
 
 
 def test_accuracy_of_one_column_is_binary_and_names_are_refused():

@@ -169,6 +169,15 @@ def test_binary_loss_safe_at_0_and_1():
     assert np.isfinite(scratch.binary_loss(np.ones(3, "float32"), np.array([0, 0.5, 1], "float32")))
 
 
+def test_binary_loss_reads_columns_and_refuses_what_it_would_broadcast_or_clip():
+    y, p = np.array([1, 0, 0, 1]), np.array([0.9, 0.1, 0.2, 0.8])
+    assert scratch.binary_loss(y, p[:, None]) == scratch.binary_loss(y[:, None], p) == scratch.binary_loss(y, p)
+    with pytest.raises(ValueError, match=r"one probability per label; got y of shape \(4,\) and p of shape \(3,\)"):
+        scratch.binary_loss(y, p[:3])
+    with pytest.raises(ValueError, match="probabilities in \\[0, 1\\]; p runs from -2 to 3"):
+        scratch.binary_loss([1, 0], [3.0, -2.0])  # logits: clipping would score them as perfect
+
+
 # --- get_weights and LogReg --------------------------------------------------------------------
 
 def test_get_weights():

@@ -17,9 +17,9 @@ __all__ = ["accuracy", "error_rate", "Mean"]
 def accuracy(preds, targs):
     """Fraction of rows whose argmax over classes equals the target.
 
-    preds: (N, C) scores, probabilities or log-probabilities, or (N,) predicted labels. One float
-        column (N, 1) is a binary classifier's P(class 1), as Keras reads a sigmoid's output: class 1
-        above 0.5 (for one logit pass `torch.sigmoid(preds)`).
+    preds: (N, C) scores, probabilities or log-probabilities, or (N,) predicted labels (an integer
+        column (N, 1) too). One float column (N, 1) is a binary classifier's P(class 1), as Keras reads
+        a sigmoid's output: class 1 above 0.5 (for one logit pass `torch.sigmoid(preds)`).
     targs: (N,) integer labels (a column (N, 1) is read as (N,)).
     Works on torch tensors (returns a 0-d tensor, on the same device) and numpy arrays (returns a float).
 
@@ -32,7 +32,9 @@ def accuracy(preds, targs):
         targs = targs.reshape(-1) if targs.ndim == 2 and targs.shape[1] == 1 else targs
         _check_pair(preds, targs, preds.is_floating_point() and preds.ndim == 1
                     and not bool((preds == preds.round()).all()))
-        if preds.ndim == 2 and preds.shape[1] == 1 and preds.is_floating_point():  # binary: one column
+        if preds.ndim == 2 and preds.shape[1] == 1 and not preds.is_floating_point():  # a column of labels
+            labels = preds[:, 0]
+        elif preds.ndim == 2 and preds.shape[1] == 1:  # binary: one column
             labels = (preds[:, 0] > 0.5).long()
         else:
             labels = preds.argmax(dim=1) if preds.ndim > 1 else preds
@@ -46,7 +48,9 @@ def accuracy(preds, targs):
                             "return_inverse=True)")
     targs = targs.reshape(-1) if targs.ndim == 2 and targs.shape[1] == 1 else targs
     _check_pair(preds, targs, preds.dtype.kind == "f" and preds.ndim == 1 and not (preds == np.round(preds)).all())
-    if preds.ndim == 2 and preds.shape[1] == 1 and preds.dtype.kind == "f":  # binary: one column
+    if preds.ndim == 2 and preds.shape[1] == 1 and preds.dtype.kind != "f":  # a column of labels
+        labels = preds[:, 0]
+    elif preds.ndim == 2 and preds.shape[1] == 1:  # binary: one column
         labels = (preds[:, 0] > 0.5).astype(np.int64)
     else:
         labels = preds.argmax(axis=1) if preds.ndim > 1 else preds

@@ -105,7 +105,8 @@ def binary_loss(y, p, eps=1e-7):
 
     `p` is clipped to `[eps, 1 - eps]` first, so a confident prediction of exactly 0 or 1 costs
     `-log(eps)` (about 16 for the default) instead of `log(0) = -inf` and a NaN from `0 * -inf`.
-    The arithmetic is done in float64, where `1 - 1e-7` is representable.
+    The arithmetic is done in float64, where `1 - 1e-7` is representable. Columns (N, 1) are read as
+    one value per row; other shapes that differ, and `p` outside [0, 1] (logits), are a ValueError.
 
     Example:
         >>> binary_loss(np.array([1, 0, 0, 1]), np.array([0.9, 0.1, 0.2, 0.8])).round(4)
@@ -113,8 +114,15 @@ def binary_loss(y, p, eps=1e-7):
         >>> bool(np.isfinite(binary_loss(np.array([1, 0]), np.array([0.0, 1.0]))))
         True
     """
-    y = np.asarray(y, dtype=np.float64)
-    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    y, p = (a.reshape(-1) if a.ndim == 2 and a.shape[1] == 1 else a for a in (y, p))  # a column: one per row
+    if y.shape != p.shape:  # numpy would broadcast (N,) against (N, 1) to an (N, N) mean
+        raise ValueError(f"binary_loss needs one probability per label; got y of shape {y.shape} and p of shape "
+                         f"{p.shape}")
+    if p.size and not (p.min() >= 0 and p.max() <= 1):
+        raise ValueError(f"binary_loss takes probabilities in [0, 1]; p runs from {p.min():g} to {p.max():g} (for "
+                         "logits, pass 1 / (1 + np.exp(-logits)))")
+    p = np.clip(p, eps, 1 - eps)
     return np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
