@@ -250,6 +250,20 @@ def test_path_pickle_in_mnist_pkl_gz_format(protocol, gz, tmp_path):
     assert datasets.fashion_mnist(path)[0][0].shape == (50, 784)  # the path is read whatever the name
 
 
+def test_a_folder_holding_the_lessons_pickle_loads_it(tmp_path):
+    splits = lesson_splits()
+    folder = tmp_path / "data" / "mnist"  # the lesson: path = "data/mnist/"; get_data(URL + FILENAME, path + FILENAME)
+    folder.mkdir(parents=True)
+    (folder / "mnist.pkl.gz").write_bytes(gzip.compress(pickle.dumps(splits, protocol=2)))
+    np.testing.assert_array_equal(datasets.mnist(str(folder) + "/")[1][0], splits[1][0])
+    (folder / "other.pkl.gz").write_bytes(b"")  # the lesson's file name is the one read
+    np.testing.assert_array_equal(datasets.mnist(folder)[0][1], splits[0][1])
+    (folder / "mnist.pkl.gz").unlink()  # which of two others? neither: the folder's own error
+    (folder / "more.pkl.gz").write_bytes(b"")
+    with pytest.raises(datasets.DatasetError):
+        datasets.mnist(folder)
+
+
 class RunsShell:
     def __init__(self, command):
         self.command = command

@@ -366,8 +366,9 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
     """Load dataset `name` ("mnist" or "fashion-mnist") as ((x, y), (x_valid, y_valid), (x_test, y_test)).
 
     Args:
-        path: a folder of IDX files or an `mnist.pkl.gz`-format pickle; skips the search. An http(s)
-            URL of such a pickle is downloaded into the cache first (`get_data`).
+        path: a folder of IDX files or an `mnist.pkl.gz`-format pickle (or a folder holding one, as
+            the lesson's `data/mnist/`); skips the search. An http(s) URL of such a pickle is
+            downloaded into the cache first (`get_data`).
         cache, system_dirs, mirrors, files: override where to look and what to expect
             (the defaults are in `DATASETS[name]` and `cache_dir(name)`; `files` maps each of
             the four file stems to a `FileSpec`).
@@ -408,7 +409,14 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
         if path.is_file():
             return _load_pickle(path, n_given)
         if path.is_dir():
-            return _split(_load_folder(path, spec), n_train)
+            try:
+                return _split(_load_folder(path, spec), n_train)
+            except DatasetError:
+                # the lesson's layout: path = "data/mnist/" holding the mnist.pkl.gz that get_data fetched
+                pickles = [p for p in (path / "mnist.pkl.gz",) if p.is_file()] or sorted(path.glob("*.pkl.gz"))
+                if len(pickles) != 1:
+                    raise
+                return _load_pickle(pickles[0], n_given)
         raise DatasetError(f"{path} does not exist; expected a folder of IDX files or an mnist.pkl.gz file")
 
     cache = Path(cache) if cache is not None else cache_dir(name)
