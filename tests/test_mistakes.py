@@ -126,8 +126,10 @@ def test_validation_leaves_the_model_in_its_mode_when_a_metric_fails():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(784, 10), nn.Dropout(0.5), nn.LogSoftmax(dim=1))
 
-    def broken(preds, targs):
-        raise RuntimeError("broken metric")
+    def broken(preds, targs):  # passes fit's check on 8 rows, fails on the first batch of 64
+        if len(targs) > 8:
+            raise RuntimeError("broken metric")
+        return 0.0
     with pytest.raises(RuntimeError, match="broken metric"):
         fit(net, md_of(), 1, optim.Adam(net.parameters()), metrics=[broken], verbose=False)
     assert net.training
@@ -690,3 +692,16 @@ def test_an_array_loader_takes_numpy_arrays():
         warnings.simplefilter("error")
         dl = ArrayLoader(x, Y.astype(np.float32), bs=64, shuffle=True)
         fit(net, (dl, None), 1, crit=nn.MSELoss(), verbose=False)
+
+
+def test_a_scikit_learn_metric_fails_before_training_with_the_way_to_wrap_it():
+    from netfit import FitError
+    accuracy_score = pytest.importorskip("sklearn.metrics").accuracy_score
+    net = lesson_net()
+    before = [p.clone() for p in net.parameters()]
+    with pytest.raises(FitError, match=r"metric accuracy_score fails .*\(y_true, y_pred\).*lambda preds, targs"):
+        fit(net, md_of(), 1, metrics=[accuracy_score], verbose=False)
+    assert all(map(torch.equal, before, net.parameters()))
+    h = fit(net, md_of(), 1, metrics=[lambda preds, targs: accuracy_score(targs.cpu(), preds.argmax(1).cpu())],
+            verbose=False)
+    assert 0 <= h[-1]["<lambda>"] <= 1

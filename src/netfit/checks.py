@@ -21,6 +21,9 @@ class FitError(TypeError):
 def _check_args(crit, metrics, callbacks, checkpoint_every, events=()):
     """FitError for a loss, metrics, callbacks or checkpoint interval `fit` cannot use; a warning for a
     callback method that looks like an event but is not one of `events` (so would never be called)."""
+    if isinstance(crit, torch.optim.Optimizer):
+        raise FitError(f"crit got an optimizer ({type(crit).__name__}): the order is fit(net, md, epochs, opt, crit, "
+                       "metrics), optimizer before loss; or name them: fit(net, md, 1, opt=..., crit=...)")
     if crit is not None and (isinstance(crit, type) or not callable(crit)):
         given = f"the class {crit.__name__}" if isinstance(crit, type) else f"{type(crit).__name__} {crit!r}"
         raise FitError(f"crit must be a loss such as nn.NLLLoss() (an instance) or F.nll_loss; got {given}")
@@ -90,6 +93,40 @@ def _check_data(model, crit, loaders):
             _check_last_batch(model, dl, x)
         _check_labels(crit, out, y, f"the {name}", "one row")
         _check_targets(crit, out, y[:1] if isinstance(y, torch.Tensor) else y, f"the {name}")
+
+
+def _check_metrics(model, metrics, val_dl):
+    """FitError before training for metrics that would fail, or give no number, after the first epoch:
+    each is called on the model's outputs for a few validation rows (for a loader that holds its
+    arrays), as `_validate` calls it: `metric(preds, targs)`. Two metrics of one name are refused too:
+    the History keeps one figure per name."""
+    from .history import _metric_name
+    names = [_metric_name(m) for m in metrics]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FitError(f"two metrics are named {twice[0]!r}, and the History keeps one figure per name: pass each "
+                       "metric once, or give one another name (def top1(preds, targs): return accuracy(preds, targs))")
+    x, y = getattr(val_dl, "x", None), getattr(val_dl, "y", None)
+    if not metrics or not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or not len(x):
+        return
+    preds, targs = _forward_one(model, x[:8], "the validation data"), y[:8]
+    for m, name in zip(metrics, names):
+        got = None
+        try:
+            value = m(preds, targs)
+            got = "it returned None" if value is None else None
+            torch.as_tensor(value).detach().float().reshape(())
+        except Exception as e:
+            got = got or f"{type(e).__name__}: {e}"
+        if got is None:
+            continue
+        sklearn = (getattr(m, "__module__", None) or "").startswith("sklearn")
+        hint = (f"; scikit-learn's metrics take (y_true, y_pred) labels, and fit calls metric(preds, targs) with "
+                f"the model's scores: wrap it, e.g. metrics=[lambda preds, targs: {name}(targs.cpu(), "
+                "preds.argmax(1).cpu())]" if sklearn else "")
+        raise FitError(f"metric {name} fails on the model's outputs for {len(targs)} validation rows (preds "
+                       f"{tuple(preds.shape)} {str(preds.dtype)[6:]}, targs {tuple(targs.shape)} {str(targs.dtype)[6:]}): "
+                       f"{got}; a metric takes (preds, targs) and returns one number{hint}")
 
 
 def _check_first_batch(model, crit, preds, yb):
@@ -287,6 +324,9 @@ def _shape_error(model, xb, e, what, last=None):
 
 
 def _check_opt(model, opt):
+    if isinstance(opt, nn.modules.loss._Loss) or opt in _ELEMENTWISE_F or opt in (F.nll_loss, F.cross_entropy):
+        raise FitError(f"opt got a loss ({getattr(opt, '__name__', type(opt).__name__)}): the order is fit(net, md, "
+                       "epochs, opt, crit, metrics), optimizer before loss; or name them: fit(net, md, 1, opt=..., crit=...)")
     if not isinstance(opt, torch.optim.Optimizer):
         raise FitError(f"opt must be a torch.optim.Optimizer such as optim.Adam(net.parameters()); got "
                        + (f"the class {opt.__name__}" if isinstance(opt, type) else type(opt).__name__))

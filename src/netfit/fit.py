@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .checks import FitError, _check_args, _check_data, _check_first_batch, _check_opt, _default_crit
+from .checks import FitError, _check_args, _check_data, _check_first_batch, _check_metrics, _check_opt, _default_crit
 from .data import _warn
 from .distributed import all_reduce_sum as dist_all_reduce_sum
 from .distributed import barrier as dist_barrier
@@ -253,6 +253,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     crit = _default_crit(model, trn_dl) if crit is None else crit
     _check_data(model, crit, [("training data", trn_dl), ("validation data", val_dl)])
     metrics = list(metrics or [])
+    _check_metrics(model, metrics, val_dl)
     if metrics and val_dl is None:
         _warn(f"metrics={[_metric_name(m) for m in metrics]} are measured on the validation data, and fit has "
               "none: they will not appear in the History (pass a validation set)")

@@ -81,6 +81,9 @@ training: the weights are unchanged, the optimizer has no state, no callback eve
 72  a model that returns a tuple                 fit                        FitError
 73  a hand-written log-softmax over the batch    fit                        FitError
 74  NLL loss on LogSigmoid outputs               fit                        FitError
+75  loss and optimizer swapped                   fit                        FitError
+76  a metric that returns None                   fit                        FitError
+77  one metric twice                             fit                        FitError
 
 Then: a loss that becomes NaN stops training with an error naming epoch and step and leaves the
 last good checkpoint as it was (`on_nan="warn"` warns and goes on), and the CLI prints such errors
@@ -319,6 +322,13 @@ CASES = [
     ("NLL loss on LogSigmoid outputs", trains(make_net=lambda: nn.Sequential(*net4()[:3], nn.LogSigmoid()),
                                               crit=nn.NLLLoss()), FitError,
      ["needs log-probabilities", "rows sum to", "nn.LogSoftmax(dim=1)"]),
+    ("loss and optimizer swapped", lambda c: fit(c["net"], md_of(), 1, nn.NLLLoss(), optim.Adam(c["net"].parameters()),
+                                                verbose=False, callbacks=[c["spy"]]), FitError,
+     ["crit got an optimizer (Adam)", "fit(net, md, epochs, opt, crit, metrics)"]),
+    ("a metric that returns None", trains(metrics=[lambda preds, targs: None]), FitError,
+     ["metric <lambda> fails", "preds (8, 3) float32, targs (8,) int64", "returned None", "returns one number"]),
+    ("one metric twice", trains(metrics=[accuracy, accuracy]), FitError,
+     ["two metrics are named 'accuracy'", "one figure per name"]),
 ]
 
 
