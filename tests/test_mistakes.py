@@ -188,6 +188,16 @@ def test_predictor_scales_uint8_pixels_like_floats_in_0_1():
     np.testing.assert_allclose(p.predict_proba(pixels), p.predict_proba(pixels / np.float32(255)), atol=1e-5)
 
 
+def test_an_mlp_export_predicts_one_28x28_image_and_refuses_no_input():
+    from netfit.export import ExportError
+    p = Predictor(logreg(), {"input_shape": [784], "mean": float(MEAN), "std": float(STD)})
+    one = p.predict_proba(X[3].reshape(28, 28))
+    assert one.shape == (1, 10) and np.allclose(one, p.predict_proba(X[3:4]), atol=1e-6)
+    assert p.predict(X[:5].reshape(5, 28, 28)).shape == (5,)
+    with pytest.raises(ExportError, match=r"got no inputs \(shape \(0, 784\)\)"):
+        p.predict(X[:0])
+
+
 def test_an_export_without_normalisation_gets_a_warning(tmp_path):
     messages, _ = warned(lambda: save(logreg(), tmp_path / "a", arch="logreg"))
     assert any("without mean= and std=" in m for m in messages)

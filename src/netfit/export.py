@@ -148,7 +148,10 @@ class Predictor:
                               "[0, 1] (divide 0..255 pixels by 255; the model normalises them with its own mean "
                               "and std)")
         n_in = int(np.prod(self.meta["input_shape"]))
-        if x.ndim == 1 or (x.ndim == 2 and x.shape == tuple(self.meta["input_shape"][-2:]) and n_in != x.shape[-1]):
+        if x.numel() == 0:
+            raise ExportError(f"got no inputs (shape {tuple(x.shape)}); expected rows of {n_in} values, or images")
+        # one row, or one image (28, 28): for an MLP too, whose input_shape is the flat (784,)
+        if x.ndim == 1 or (x.ndim == 2 and x.numel() == n_in and x.shape[1] != n_in):
             x = x.reshape(1, -1)
         x = x.reshape(len(x), -1)
         if x.shape[1] != n_in:
