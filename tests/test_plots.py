@@ -18,6 +18,12 @@ def test_plots_accepts_tensors_and_flat_rows():
     assert len(plots(torch.rand(5, 1, 28, 28), rows=1).axes) == 5
 
 
+def test_plots_draws_one_square_image_or_one_flat_row_alone():
+    assert len(plots(np.random.rand(64, 64)).axes) == 1   # not 64 images of 8 x 8
+    assert len(plots(np.random.rand(784)).axes) == 1      # x_valid[0], as show takes it
+    assert len(plots(np.random.rand(8, 784)).axes) == 8   # flat rows are still rows
+
+
 def test_plots_errors():
     with pytest.raises(ValueError, match="titles"):
         plots(np.zeros((3, 4, 4)), titles=[1, 2])

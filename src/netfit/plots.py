@@ -89,7 +89,8 @@ def plots(ims, figsize=(12, 6), rows=2, titles=None, colors=None):
     """Draw images in a grid of `rows` rows with optional titles; returns the Figure.
 
     Args:
-        ims: (N, H, W) array or tensor (or (N, H*W) square rows).
+        ims: (N, H, W) array or tensor (or (N, H*W) square rows); one (H, W) image or one flat row
+            is drawn alone.
         titles: N labels; `colors`: N matplotlib colours for them (e.g. red for wrong predictions).
 
     Example:
@@ -97,8 +98,11 @@ def plots(ims, figsize=(12, 6), rows=2, titles=None, colors=None):
         >>> len(fig.axes)
         8
     """
-    if getattr(ims, "ndim", None) == 2 and math.isqrt(ims.shape[1]) ** 2 != ims.shape[1]:
-        ims = [ims]  # one (H, W) image, not H flat rows (a flat row's length is a square)
+    ndim = getattr(ims, "ndim", None)
+    if ndim == 1 or (ndim == 2 and (math.isqrt(ims.shape[1]) ** 2 != ims.shape[1] or ims.shape[0] == ims.shape[1])):
+        # one flat row, or one (H, W) image: not H flat rows (a flat row's length is a square, and a square
+        # (H, H) array is read as one image, e.g. 64 x 64, not 64 images of 8 x 8)
+        ims = [ims]
     ims = list(ims)
     if not ims:
         raise ValueError("plots needs at least one image; got none")
