@@ -295,6 +295,25 @@ def test_a_mistyped_label_gets_a_warning():
     assert any("run up to 1000000" in m and "only 11 distinct labels" in m for m in messages), messages
 
 
+def test_set_lrs_takes_a_0_d_array_and_names_a_model_passed_for_the_optimizer():
+    from netfit import set_lrs
+    net = lesson_net()
+    opt = optim.SGD(net.parameters(), lr=0.1)
+    set_lrs(opt, np.array(0.01))
+    assert opt.param_groups[0]["lr"] == 0.01
+    with pytest.raises(ValueError, match=r"set_lrs\(opt, lr\); got Sequential for opt"):
+        set_lrs(net, 0.01)
+
+
+def test_learner_fit_takes_fastais_lr_and_spots_the_old_order():
+    from netfit import FitError, Learner
+    learn = Learner(lesson_net(), md_of())
+    learn.fit(1, 3e-3, verbose=False)
+    assert learn.opt.param_groups[0]["lr"] == 3e-3
+    with pytest.raises(FitError, match=r"fastai 0.7 took learn.fit\(lr, epochs\); here it is learn.fit\(1, 0.001\)"):
+        learn.fit(1e-3, 1)
+
+
 def test_set_lrs_refuses_an_infinite_rate():
     from netfit import set_lrs
     opt = optim.SGD(lesson_net().parameters(), lr=0.1)

@@ -116,6 +116,10 @@ def set_lrs(opt, lr):
         >>> opt.param_groups[0]["lr"]
         0.01
     """
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise ValueError(f"set_lrs sets an optimizer's rates: set_lrs(opt, lr); got {type(opt).__name__} for opt")
+    if isinstance(lr, (np.ndarray, torch.Tensor)) and lr.ndim == 0:  # np.array(0.01): one rate
+        lr = lr.item()
     lrs = list(lr) if isinstance(lr, (list, tuple, np.ndarray)) else [lr] * len(opt.param_groups)
     if len(lrs) != len(opt.param_groups):
         raise ValueError(f"got {len(lrs)} learning rates for {len(opt.param_groups)} param groups")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .fit import fit
+from .fit import fit, set_lrs
 from .predict import predict
 from .schedule import fit_one_cycle, lr_find
 
@@ -46,8 +46,15 @@ class Learner:
     def _callbacks(self, kw):
         return self.callbacks + list(kw.pop("callbacks", None) or [])
 
-    def fit(self, epochs, **kw):
-        """`fit(model, data, epochs, opt, crit, metrics, callbacks, **kw)`; returns (and keeps) the History."""
+    def fit(self, epochs, lr=None, **kw):
+        """`fit(model, data, epochs, opt, crit, metrics, callbacks, **kw)`; returns (and keeps) the History.
+        `lr` (one rate, or one per param group) is set in the optimizer first, as fastai's `learn.fit(epochs, lr)`."""
+        if isinstance(epochs, float) and not epochs.is_integer() and isinstance(lr, int) and not isinstance(lr, bool):
+            from .checks import FitError
+            raise FitError(f"learn.fit(epochs, lr) got epochs={epochs!r}, lr={lr!r}: fastai 0.7 took learn.fit(lr, "
+                           f"epochs); here it is learn.fit({lr}, {epochs!r})")
+        if lr is not None:
+            set_lrs(self.opt, lr)
         self.history = fit(self.model, self.data, epochs, self.opt, self.crit, self.metrics, self._callbacks(kw), **kw)
         return self.history
 
