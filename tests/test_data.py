@@ -190,3 +190,13 @@ def test_a_test_set_of_other_rows_is_refused_and_one_not_normalised_warned():
         ImageClassifierData.from_arrays(".", (x, y), (x[:30], y[:30]), test=np.zeros((3, 5), np.float32))
     with pytest.warns(UserWarning, match="the test set .* is scaled differently from x"):
         ImageClassifierData.from_arrays(".", (x, y), (x[:30], y[:30]), test=x[:20] * 50 + 100, device="cpu")
+
+
+def test_read_only_labels_are_taken_without_a_warning():
+    import warnings
+    x, y = arrays()
+    y.flags.writeable = False  # as pandas 3 gives them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        md = ImageClassifierData.from_arrays(".", (x, y), (x[:30], y[:30]), device="cpu")
+    assert md.trn_dl.y.dtype == torch.int64

@@ -105,7 +105,8 @@ def as_tensors(x, y=None, name="x", n_classes=None):
             raise DataError(f"{yname} could not be read as an array (expected one label per row): {e}") from None
         if y.dtype.kind not in "biu":
             raise DataError(f"{yname} must hold integer class labels; got {_describe(y)}" + _label_hint(y, yname))
-        y = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+        y = np.ascontiguousarray(y, dtype=np.int64)
+        y = torch.from_numpy(y if y.flags.writeable else y.copy())  # read-only (pandas): torch would warn
     else:
         if y.is_floating_point() or y.is_complex():
             raise DataError(f"{yname} must hold integer class labels; got {_describe(y)}"
