@@ -36,5 +36,6 @@ def test_errors_are_one_line(tmp_path, capsys):
     rc = main(["train", "--data-path", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err and "does not exist" in err
+    assert not (tmp_path / "r").exists()  # a run that failed before writing anything leaves no empty folder
     rc = main(["train", "--epochs", "0", "--out", str(tmp_path / "r")])
     assert rc == 1 and "--epochs" in capsys.readouterr().err

@@ -272,7 +272,10 @@ def test_cli_resume_refuses_another_data_path_or_lr_find(digits_pickle, tmp_path
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cli_device_cuda_without_cuda_is_an_error(digits_pickle, tmp_path, capsys):
     assert main(["train", "--data-path", str(digits_pickle), "--device", "cuda", "--out", str(tmp_path / "r")]) == 1
-    assert "CUDA is not available here" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "CUDA is not available here" in err and "leave out --device" in err and "default_device" not in err
+    assert main(["train", "--data-path", str(digits_pickle), "--device", "", "--out", str(tmp_path / "r")]) == 1
+    assert "device '' is not a torch device" in capsys.readouterr().err
 
 
 def test_single_class_and_bad_targets_are_data_errors():

@@ -149,6 +149,13 @@ def _check_resume(args, out):
         raise ValueError(f"--resume: {out}/ckpt was written by a run with {flags}; resume with its options")
 
 
+def _drop_empty_run_folder(args):
+    """A run that failed before writing anything leaves no empty folder behind (one it made)."""
+    out = getattr(args, "run_folder", None)
+    if getattr(args, "made_folder", False) and out is not None and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
 def train(args):
     """Run `netfit train` with parsed `args`; returns the metrics dict written to metrics.json."""
     import numpy as np
@@ -194,12 +201,14 @@ def train(args):
     torch.manual_seed(args.seed)
     out = args.run_folder = Path(args.out or f"runs/{args.data}-{args.model}")
     args.run_started = time.time()  # a checkpoint older than this is an earlier run's, not one to resume
-    device = _device(args.device) if args.device else default_device()  # a device not here: one sentence
+    device = (_device(args.device, fix="leave out --device") if args.device is not None  # not here: one sentence
+              else default_device())
     if main_rank:
         _check_resume(args, out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file; expected a folder for the run (it is created if missing)")
         try:
+            args.made_folder = not out.exists()  # removed again if the run fails before writing anything
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
@@ -344,6 +353,7 @@ def main(argv=None):
                 compare_command(args)
         return 0
     except KeyboardInterrupt:
+        _drop_empty_run_folder(args)
         ckpt = getattr(args, "run_folder", None)
         ckpt = ckpt / "ckpt" if ckpt is not None and (ckpt / "ckpt").exists() else None
         if ckpt is not None and not (args.resume or ckpt.stat().st_mtime >= args.run_started):
@@ -352,6 +362,7 @@ def main(argv=None):
                                        "continue from it" if ckpt else ""), file=sys.stderr)
         return 130
     except Exception as e:  # one line for people, the traceback with --debug
+        _drop_empty_run_folder(args)
         if args.debug:
             raise
         print(f"netfit {args.command}: error: {e}", file=sys.stderr)

@@ -458,8 +458,9 @@ class ImageClassifierData:
         return cls(path, (x, y), val, bs=bs, test=xt, classes=classes, device=device)
 
 
-def _device(device):
-    """torch.device(device), or a DataError naming the usual spellings, or saying that it is not here."""
+def _device(device, fix="use device=default_device()"):
+    """torch.device(device), or a DataError naming the usual spellings, or saying that it is not here
+    (and then `fix`: the CLI says to leave out --device)."""
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError):
@@ -468,11 +469,11 @@ def _device(device):
     if d.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"device {device!r}: CUDA is not available here: this machine's PyTorch sees no CUDA GPU "
                         f"(torch {torch.__version__}, {'built without CUDA' if torch.version.cuda is None else 'no GPU found'}"
-                        "); use device=default_device(), which picks the CPU here")
+                        f"); {fix}, which picks the CPU here")
     if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
         raise DataError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA GPUs here, numbered from 0")
     if d.type == "mps" and not torch.backends.mps.is_available():
-        raise DataError(f"device {device!r}: Apple's MPS is not available here; use device=default_device()")
+        raise DataError(f"device {device!r}: Apple's MPS is not available here; {fix}")
     return d
 
 
