@@ -737,3 +737,10 @@ def test_a_scikit_learn_metric_fails_before_training_with_the_way_to_wrap_it():
     h = fit(net, md_of(), 1, metrics=[lambda preds, targs: accuracy_score(targs.cpu(), preds.argmax(1).cpu())],
             verbose=False)
     assert 0 <= h[-1]["<lambda>"] <= 1
+
+
+def test_fastai_0_7s_continuous_flag_says_where_regression_goes():
+    with pytest.raises(DataError, match=r"continuous=True .*ArrayLoader\(x, y, bs=64, shuffle=True\)"):
+        ImageClassifierData.from_arrays(".", (XN, Y), (XN[:100], Y[:100]), continuous=True, device="cpu")
+    assert ImageClassifierData.from_arrays(".", (XN, Y), (XN[:100], Y[:100]), continuous=False, num_workers=4,
+                                           device="cpu").c == 10

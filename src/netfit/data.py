@@ -351,14 +351,15 @@ class ImageClassifierData:
 
     @classmethod
     def from_arrays(cls, path, trn, val, bs=64, tfms=(None, None), classes=None, num_workers=None,
-                    test=None, device=None):
+                    test=None, continuous=False, device=None):
         """Wrap numpy arrays (or tensors) as the lesson does.
 
         Args:
             path: a folder name kept for the user (nothing is written there).
             trn, val: `(x, y)` pairs; x float (N, features) or (N, H, W), y integer labels (N,).
             bs: batch size. test: optional x array (or `(x, y)`) for `test_dl`.
-            tfms, num_workers: accepted for fastai 0.7 compatibility; loading needs no workers.
+            tfms, num_workers, continuous: fastai 0.7's; loading needs no workers, and augmentation
+                (`callbacks=[Augment()]`) and regression targets (`continuous=True`) go another way.
             device: where the arrays live; default `default_device()`.
 
         Example:
@@ -368,7 +369,12 @@ class ImageClassifierData:
             (10, 4, 1)
         """
         if tfms is not None and any(t is not None for t in (tfms if isinstance(tfms, (tuple, list)) else [tfms])):
-            raise DataError("tfms (augmentation) are not supported by from_arrays; pass tfms=None")
+            raise DataError("tfms (augmentation) are not supported by from_arrays; pass tfms=None and augment "
+                            "in training: fit(..., callbacks=[Augment()])")
+        if continuous:
+            raise DataError("continuous=True (regression targets): ImageClassifierData holds class labels; for "
+                            "float targets give fit your own loaders: fit(net, (ArrayLoader(x, y, bs=64, shuffle=True), "
+                            "ArrayLoader(x_valid, y_valid, bs=64)), epochs, crit=nn.MSELoss())")
         return cls(path, trn, val, bs=bs, test=test, classes=classes, device=device)
 
     def to(self, device):
