@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn, optim
 
 from netfit import (Callback, DataError, ImageClassifierData, T, V, accuracy, fit, predict, to_np)
@@ -534,7 +535,7 @@ def regression_loaders(y):
 @pytest.mark.parametrize("y, crit, match", [
     (torch.rand(64), nn.MSELoss(), r"\(1,\) per row and the training data targets are \(\) per row.*reshape\(len\(y\), 1\)"),
     (torch.rand(64, 1).long(), nn.MSELoss(), "needs float targets"),
-    (torch.arange(64) % 2, nn.BCEWithLogitsLoss(), r"\(\) per row"),
+    (torch.arange(64) % 2, nn.BCEWithLogitsLoss(), r"\(1,\) per row; .* one int64 class label per row.*astype"),
     (torch.ones(64, 1, dtype=torch.long), nn.BCEWithLogitsLoss(), "float targets.*CrossEntropyLoss"),
 ])
 def test_elementwise_losses_need_targets_of_the_outputs_shape(y, crit, match):
@@ -740,7 +741,77 @@ def test_a_scikit_learn_metric_fails_before_training_with_the_way_to_wrap_it():
 
 
 def test_fastai_0_7s_continuous_flag_says_where_regression_goes():
-    with pytest.raises(DataError, match=r"continuous=True .*ArrayLoader\(x, y, bs=64, shuffle=True\)"):
+    with pytest.raises(DataError, match=r"continuous=True .*ArrayLoader\(x, y.reshape\(-1, 1\), bs=64, shuffle=True\)"):
         ImageClassifierData.from_arrays(".", (XN, Y), (XN[:100], Y[:100]), continuous=True, device="cpu")
     assert ImageClassifierData.from_arrays(".", (XN, Y), (XN[:100], Y[:100]), continuous=False, num_workers=4,
                                            device="cpu").c == 10
+
+
+def test_review_of_the_new_checks_what_must_stay_allowed(tmp_path):
+    """Uses the checks added after a student review must not refuse (a second review's findings)."""
+    from netfit import ArrayLoader, plots, scratch
+    md = ImageClassifierData.from_arrays(".", (XN, Y), (XN[:100], Y[:100]), 64, None, None, None, None, "cpu")
+    assert md.device == torch.device("cpu")  # device is still from_arrays' 9th argument
+    for test in ((XN[:30], Y[:30, None]), (XN[:30], None)):  # labels as a column, or none
+        assert md_of(test=test).test_dl.x.shape == (30, 784)
+    net = lesson_net()
+    x = torch.as_tensor(XN[:100])
+    assert predict(net, torch.chunk(x, 2)).shape == (100, 10)  # two batches, not an (x, y) pair
+
+    class Batches(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(torch.split(x, 32))
+    assert predict(net, Batches()).shape == (100, 10)
+    dl = ArrayLoader(XN.astype(np.float64), Y.astype(np.int32), bs=64, shuffle=True)  # numpy's defaults elsewhere
+    assert dl.x.dtype == torch.float32 and dl.y.dtype == torch.int64
+    fit(net, (dl, None), 1, verbose=False)
+    assert scratch.binary_loss(np.array([1, 0, 1, 0]), 0.5) == pytest.approx(np.log(2))  # one p for every row
+    assert len(plots(np.random.rand(64, 64), titles=list(range(64))).axes) == 64  # 64 titles: 64 rows of 8 x 8
+
+
+def test_review_of_the_new_checks_what_they_must_say():
+    from netfit import ArrayLoader, FitError
+    from netfit.export import ExportError
+
+    class TwoOutputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = lesson_net()
+
+        def forward(self, x):
+            return self.net(x), x
+    net = TwoOutputs()
+    with pytest.raises(FitError, match=r"metric accuracy fails .*preds a tuple, targs \(8,\) int64"):
+        fit(net, md_of(), 1, crit=lambda out, y: F.nll_loss(out[0], y), metrics=[accuracy], verbose=False)
+    # BCE on one class label per row: the way out the message gives works with the lesson's numpy arrays
+    binary = (Y % 2).astype(np.int64)
+    net = nn.Sequential(nn.Linear(784, 1), nn.Sigmoid())
+    with pytest.raises(DataError, match=r"y.reshape\(-1, 1\).astype\('float32'\)"):
+        fit(net, md_of(y=binary, yv=binary[:100]), 1, crit=nn.BCELoss(), verbose=False)
+    loaders = (ArrayLoader(XN, binary.reshape(-1, 1).astype('float32'), bs=64, shuffle=True),
+               ArrayLoader(XN[:100], binary[:100].reshape(-1, 1).astype('float32'), bs=64))
+    fit(net, loaders, 1, crit=nn.BCELoss(), verbose=False)
+    p = Predictor(nn.Linear(6, 2), {"input_shape": [6], "pixels": False})
+    with pytest.raises(ExportError, match="expects 6 features per row; got 3"):
+        p.predict(np.zeros((2, 3)))  # two rows of 3 are not one row of 6
+
+
+def test_a_folder_asked_for_fashion_mnist_is_not_read_as_the_lessons_mnist_pickle(tmp_path):
+    import gzip
+    import pickle
+    from netfit import datasets
+    (tmp_path / "mnist.pkl.gz").write_bytes(gzip.compress(pickle.dumps(((X, Y), (X[:10], Y[:10]), (X[:10], Y[:10])))))
+    assert datasets.mnist(tmp_path)[0][0].shape == X.shape
+    with pytest.raises(datasets.DatasetError):
+        datasets.fashion_mnist(tmp_path)
+
+
+def test_cli_resume_names_a_zero_option_and_a_failed_run_removes_the_folders_it_made(digits_pickle, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "--data-path", str(digits_pickle), "--model", "logreg", "--opt", "sgd", "--quiet", "--out", str(out)]
+    assert main(base + ["--epochs", "1", "--momentum", "0"]) == 0
+    assert main(base + ["--epochs", "2", "--resume"]) == 1
+    assert "--momentum 0.0 (got 0.9)" in capsys.readouterr().err
+    nested = tmp_path / "made" / "by" / "run"
+    assert main(["train", "--data-path", str(tmp_path / "missing"), "--out", str(nested)]) == 1
+    assert not (tmp_path / "made").exists()

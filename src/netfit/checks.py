@@ -124,9 +124,11 @@ def _check_metrics(model, metrics, val_dl):
         hint = (f"; scikit-learn's metrics take (y_true, y_pred) labels, and fit calls metric(preds, targs) with "
                 f"the model's scores: wrap it, e.g. metrics=[lambda preds, targs: {name}(targs.cpu(), "
                 "preds.argmax(1).cpu())]" if sklearn else "")
+        shown = lambda t: (f"{tuple(t.shape)} {str(t.dtype)[6:]}" if isinstance(t, torch.Tensor)  # noqa: E731
+                           else f"a {type(t).__name__}")
         raise FitError(f"metric {name} fails on the model's outputs for {len(targs)} validation rows (preds "
-                       f"{tuple(preds.shape)} {str(preds.dtype)[6:]}, targs {tuple(targs.shape)} {str(targs.dtype)[6:]}): "
-                       f"{got}; a metric takes (preds, targs) and returns one number{hint}")
+                       f"{shown(preds)}, targs {shown(targs)}): {got}; a metric takes (preds, targs) and returns one "
+                       f"number{hint}")
 
 
 def _check_first_batch(model, crit, preds, yb):
@@ -177,14 +179,14 @@ def _check_targets(crit, out, y, what):
             or not isinstance(y, torch.Tensor):
         return
     name = type(crit).__name__ if isinstance(crit, nn.Module) else f"F.{crit.__name__}"
-    if not y.is_floating_point() and ("BCE" in name or "binary" in name):  # class labels, as ImageClassifierData keeps them
-        shape = ", ".join(map(str, out.shape[1:]))
-        raise DataError(f"{name} needs float targets shaped like the outputs ({tuple(out.shape[1:])} per row); {what} "
-                        f"targets are class labels, {str(y.dtype)[6:]} {tuple(y.shape[1:])} per row, as ImageClassifierData "
-                        "keeps them. For two classes, end the model in nn.Linear(..., 2) and use nn.CrossEntropyLoss() "
-                        "(or nn.LogSoftmax(dim=1) and nn.NLLLoss()); to keep one output, give fit your own loaders: "
-                        f"fit(net, (ArrayLoader(x, y.float().reshape(len(y), {shape}), bs=64, shuffle=True), "
-                        f"ArrayLoader(x_valid, y_valid.float().reshape(len(y_valid), {shape}), bs=64)), ...)")
+    if (not y.is_floating_point() and ("BCE" in name or "binary" in name) and y.ndim == 1
+            and tuple(out.shape[1:]) == (1,)):  # one class label per row, as ImageClassifierData keeps them
+        raise DataError(f"{name} needs float targets shaped like the outputs, (1,) per row; {what} targets are one "
+                        f"{str(y.dtype)[6:]} class label per row. For two classes, end the model in nn.Linear(..., 2) "
+                        "and use nn.CrossEntropyLoss() (or nn.LogSoftmax(dim=1) and nn.NLLLoss()); to keep one output, "
+                        "give fit your own loaders of float columns: fit(net, (ArrayLoader(x, y.reshape(-1, 1).astype("
+                        "'float32'), bs=64, shuffle=True), ArrayLoader(x_valid, y_valid.reshape(-1, 1).astype('float32'), "
+                        "bs=64)), ...)")
     if tuple(y.shape[1:]) != tuple(out.shape[1:]):
         fix = (f"y.reshape(len(y), {', '.join(map(str, out.shape[1:]))})" if out.shape[1:].numel() == y.shape[1:].numel()
                else "one target per output")
@@ -192,7 +194,9 @@ def _check_targets(crit, out, y, what):
                         f"{tuple(out.shape[1:])} per row and {what} targets are {tuple(y.shape[1:])} per row "
                         f"(torch would broadcast them and train on the wrong loss); use {fix}")
     if not y.is_floating_point():
-        raise DataError(f"{name} needs float targets; {what} targets are {str(y.dtype)[6:]} (use y.float())")
+        hint = ("; for class labels use nn.CrossEntropyLoss() on (N, C) outputs" if "BCE" in name
+                or "binary" in name else "")
+        raise DataError(f"{name} needs float targets; {what} targets are {str(y.dtype)[6:]} (use y.float()){hint}")
 
 
 def _class_loss(crit):

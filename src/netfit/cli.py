@@ -144,16 +144,17 @@ def _check_resume(args, out):
     now = _run_options(args)
     changed = [k for k in _RUN_OPTIONS if k in was and was[k] != now[k]]
     if changed:
-        shown = lambda v: "(the default)" if v in (None, False) else repr(v)  # noqa: E731
+        shown = lambda v: "(the default)" if v is None or v is False else repr(v)  # noqa: E731  (not 0.0)
         flags = ", ".join(f"--{k.replace('_', '-')} {shown(was[k])} (got {shown(now[k])})" for k in changed)
         raise ValueError(f"--resume: {out}/ckpt was written by a run with {flags}; resume with its options")
 
 
 def _drop_empty_run_folder(args):
-    """A run that failed before writing anything leaves no empty folder behind (one it made)."""
-    out = getattr(args, "run_folder", None)
-    if getattr(args, "made_folder", False) and out is not None and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
+    """A run that failed before writing anything leaves none of the folders it made behind."""
+    for d in getattr(args, "made_folders", []):
+        if not d.is_dir() or any(d.iterdir()):
+            return
+        d.rmdir()
 
 
 def train(args):
@@ -208,7 +209,8 @@ def train(args):
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file; expected a folder for the run (it is created if missing)")
         try:
-            args.made_folder = not out.exists()  # removed again if the run fails before writing anything
+            # what this run creates, innermost first: removed again if it fails before writing anything
+            args.made_folders = [d for d in (out, *out.parents) if not d.exists()]
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"--out {out}: cannot create the run folder ({e.strerror})") from None

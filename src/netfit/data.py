@@ -179,11 +179,14 @@ class ArrayDataset:
 
 
 def _tensor(a):
-    """`a` as a tensor: itself, or a numpy array's (or array-like's) data without a copy where torch can
-    share it (a read-only array is copied: torch would warn about writing to it)."""
+    """`a` as a tensor: itself, or a numpy array (or array-like) in the dtypes `from_arrays` gives, float32
+    for floats and int64 for integers (numpy's float64 and int32 would meet a float32 model and NLLLoss),
+    without a copy where it already is one (a read-only array is copied: torch would warn about it)."""
     if isinstance(a, torch.Tensor):
         return a
     a = np.asarray(a)
+    if a.dtype.kind in "fiub":
+        a = a.astype(np.float32 if a.dtype.kind == "f" else np.int64, copy=False)
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
@@ -191,8 +194,8 @@ class ArrayLoader:
     """Batches of `(x, y)` cut from whole tensors.
 
     Args:
-        x: (N, ...) tensor (a numpy array is taken as one, without a copy); y: (N,) tensor, array or
-            None (then batches are `x` alone).
+        x: (N, ...) tensor; y: (N,) tensor or None (then batches are `x` alone). Numpy arrays are
+            taken too, as float32 (floats) or int64 (integers), without a copy when they already are.
         bs: rows per batch; the last batch holds the rest unless `drop_last`.
         shuffle: a fresh permutation each epoch, from torch's global generator (seed it with
             `torch.manual_seed`) or from `generator`.
@@ -351,7 +354,7 @@ class ImageClassifierData:
 
     @classmethod
     def from_arrays(cls, path, trn, val, bs=64, tfms=(None, None), classes=None, num_workers=None,
-                    test=None, continuous=False, device=None):
+                    test=None, device=None, continuous=False):
         """Wrap numpy arrays (or tensors) as the lesson does.
 
         Args:
@@ -373,8 +376,9 @@ class ImageClassifierData:
                             "in training: fit(..., callbacks=[Augment()])")
         if continuous:
             raise DataError("continuous=True (regression targets): ImageClassifierData holds class labels; for "
-                            "float targets give fit your own loaders: fit(net, (ArrayLoader(x, y, bs=64, shuffle=True), "
-                            "ArrayLoader(x_valid, y_valid, bs=64)), epochs, crit=nn.MSELoss())")
+                            "float targets give fit your own loaders, targets shaped like the model's outputs (a "
+                            "column for one output): fit(net, (ArrayLoader(x, y.reshape(-1, 1), bs=64, shuffle=True), "
+                            "ArrayLoader(x_valid, y_valid.reshape(-1, 1), bs=64)), epochs, crit=nn.MSELoss())")
         return cls(path, trn, val, bs=bs, test=test, classes=classes, device=device)
 
     def to(self, device):
@@ -470,8 +474,8 @@ def _device(device, fix="use device=default_device()"):
     try:
         d = torch.device(device)
     except (RuntimeError, TypeError):
-        raise DataError(f"device {device!r} is not a torch device; expected 'cpu', 'cuda', 'cuda:1', 'mps' or "
-                        "default_device()") from None
+        raise DataError(f"device {device!r} is not a torch device; expected 'cpu', 'cuda', 'cuda:1' or 'mps' "
+                        f"({fix} for the best one here)") from None
     if d.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"device {device!r}: CUDA is not available here: this machine's PyTorch sees no CUDA GPU "
                         f"(torch {torch.__version__}, {'built without CUDA' if torch.version.cuda is None else 'no GPU found'}"
@@ -488,9 +492,10 @@ def _test_x(test):
     two images is two images, not a pair."""
     if isinstance(test, tuple) and len(test) == 1:
         return test[0]
-    if (isinstance(test, (tuple, list)) and len(test) == 2 and np.ndim(test[0]) >= 2 and np.ndim(test[1]) == 1
-            and len(test[1]) == len(test[0])):
-        return test[0]
+    if isinstance(test, (tuple, list)) and len(test) == 2 and np.ndim(test[0]) >= 2:
+        y = test[1]
+        if y is None or ((np.ndim(y) == 1 or (np.ndim(y) == 2 and np.shape(y)[1] == 1)) and len(y) == len(test[0])):
+            return test[0]  # labels (N,) or a column (N, 1): not a second (H, W) image
     return test
 
 

@@ -366,8 +366,8 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
     """Load dataset `name` ("mnist" or "fashion-mnist") as ((x, y), (x_valid, y_valid), (x_test, y_test)).
 
     Args:
-        path: a folder of IDX files or an `mnist.pkl.gz`-format pickle (or a folder holding one, as
-            the lesson's `data/mnist/`); skips the search. An http(s) URL of such a pickle is
+        path: a folder of IDX files or an `mnist.pkl.gz`-format pickle (for "mnist", also a folder
+            holding `mnist.pkl.gz`, as the lesson's `data/mnist/`); skips the search. An http(s) URL of such a pickle is
             downloaded into the cache first (`get_data`).
         cache, system_dirs, mirrors, files: override where to look and what to expect
             (the defaults are in `DATASETS[name]` and `cache_dir(name)`; `files` maps each of
@@ -413,10 +413,10 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
                 return _split(_load_folder(path, spec), n_train)
             except DatasetError:
                 # the lesson's layout: path = "data/mnist/" holding the mnist.pkl.gz that get_data fetched
-                pickles = [p for p in (path / "mnist.pkl.gz",) if p.is_file()] or sorted(path.glob("*.pkl.gz"))
-                if len(pickles) != 1:
+                # (MNIST's file: a folder asked for another dataset is not read as if it held that one)
+                if name != "mnist" or not (path / "mnist.pkl.gz").is_file():
                     raise
-                return _load_pickle(pickles[0], n_given)
+                return _load_pickle(path / "mnist.pkl.gz", n_given)
         raise DatasetError(f"{path} does not exist; expected a folder of IDX files or an mnist.pkl.gz file")
 
     cache = Path(cache) if cache is not None else cache_dir(name)

@@ -150,8 +150,11 @@ class Predictor:
         n_in = int(np.prod(self.meta["input_shape"]))
         if x.numel() == 0:
             raise ExportError(f"got no inputs (shape {tuple(x.shape)}); expected rows of {n_in} values, or images")
-        # one row, or one image (28, 28): for an MLP too, whose input_shape is the flat (784,)
-        if x.ndim == 1 or (x.ndim == 2 and x.numel() == n_in and x.shape[1] != n_in):
+        shape = tuple(self.meta["input_shape"])
+        # one row, or one image: (28, 28) for a CNN's (1, 28, 28), and for an MLP's flat (784,) too
+        one_image = x.ndim == 2 and n_in != x.shape[-1] and (
+            x.shape == shape[-2:] or (pixels and len(shape) == 1 and x.shape[0] == x.shape[1] and x.numel() == n_in))
+        if x.ndim == 1 or one_image:
             x = x.reshape(1, -1)
         x = x.reshape(len(x), -1)
         if x.shape[1] != n_in:

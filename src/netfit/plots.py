@@ -99,9 +99,10 @@ def plots(ims, figsize=(12, 6), rows=2, titles=None, colors=None):
         8
     """
     ndim = getattr(ims, "ndim", None)
-    if ndim == 1 or (ndim == 2 and (math.isqrt(ims.shape[1]) ** 2 != ims.shape[1] or ims.shape[0] == ims.shape[1])):
-        # one flat row, or one (H, W) image: not H flat rows (a flat row's length is a square, and a square
-        # (H, H) array is read as one image, e.g. 64 x 64, not 64 images of 8 x 8)
+    square = ndim == 2 and ims.shape[0] == ims.shape[1] and (titles is None or len(titles) != ims.shape[0])
+    if ndim == 1 or (ndim == 2 and (math.isqrt(ims.shape[1]) ** 2 != ims.shape[1] or square)):
+        # one flat row, or one (H, W) image: not H flat rows (a flat row's length is a square; a square
+        # (H, H) array is one image, e.g. 64 x 64, unless H titles say it is H rows of 8 x 8)
         ims = [ims]
     ims = list(ims)
     if not ims:

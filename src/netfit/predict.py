@@ -30,10 +30,12 @@ def _outputs(model, dl):
     if hasattr(dl, "trn_dl") and hasattr(dl, "val_dl"):
         raise DataError(f"got the whole {type(dl).__name__}; pass one of its loaders: md.val_dl (or md.test_dl)")
     from .data import ArrayDataset, ArrayLoader, as_tensors
-    if isinstance(dl, (ArrayDataset, torch.utils.data.Dataset)):  # rows one at a time, each without its batch axis
+    if isinstance(dl, (ArrayDataset, torch.utils.data.Dataset)) and not isinstance(dl, torch.utils.data.IterableDataset):
+        # a map-style dataset: rows one at a time, each without its batch axis
         raise DataError(f"got a dataset ({type(dl).__name__}), whose items are single rows; pass a loader over it "
                         "(md.val_dl, not md.val_ds) or the array of inputs")
-    if isinstance(dl, tuple) and len(dl) == 2 and all(isinstance(a, (np.ndarray, torch.Tensor)) for a in dl):
+    if (isinstance(dl, tuple) and len(dl) == 2 and all(isinstance(a, (np.ndarray, torch.Tensor)) for a in dl)
+            and dl[0].ndim >= 2 and dl[1].ndim == 1 and len(dl[1]) == len(dl[0])):  # not two batches (torch.chunk)
         raise DataError("got an (x, y) pair of arrays; predict takes the inputs alone: predict(net, x), or "
                         "predict_with_targs(net, loader) for the labels too")
     if isinstance(getattr(dl, "sampler", None), torch.utils.data.RandomSampler):

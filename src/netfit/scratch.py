@@ -106,7 +106,8 @@ def binary_loss(y, p, eps=1e-7):
     `p` is clipped to `[eps, 1 - eps]` first, so a confident prediction of exactly 0 or 1 costs
     `-log(eps)` (about 16 for the default) instead of `log(0) = -inf` and a NaN from `0 * -inf`.
     The arithmetic is done in float64, where `1 - 1e-7` is representable. Columns (N, 1) are read as
-    one value per row; other shapes that differ, and `p` outside [0, 1] (logits), are a ValueError.
+    one value per row and one number serves every row; other shapes that differ, and `p` outside
+    [0, 1] (logits), are a ValueError.
 
     Example:
         >>> binary_loss(np.array([1, 0, 0, 1]), np.array([0.9, 0.1, 0.2, 0.8])).round(4)
@@ -116,7 +117,7 @@ def binary_loss(y, p, eps=1e-7):
     """
     y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
     y, p = (a.reshape(-1) if a.ndim == 2 and a.shape[1] == 1 else a for a in (y, p))  # a column: one per row
-    if y.shape != p.shape:  # numpy would broadcast (N,) against (N, 1) to an (N, N) mean
+    if y.ndim and p.ndim and y.shape != p.shape:  # numpy would broadcast (N,) against (N, 1) to an (N, N) mean
         raise ValueError(f"binary_loss needs one probability per label; got y of shape {y.shape} and p of shape "
                          f"{p.shape}")
     if p.size and not (p.min() >= 0 and p.max() <= 1):
