@@ -229,3 +229,74 @@ def test_learner_predict_without_validation_data_says_so():
     learn = Learner(net(), ImageClassifierData.from_arrays(".", (X, Y), None, bs=32, device="cpu"))
     with pytest.raises(DataError, match="no validation set to predict on; pass the inputs"):
         learn.predict()
+
+
+class Figures(Callback):
+    """Sets the epoch's figures, as a metric would have measured them."""
+
+    def __init__(self, **series):
+        self.series = series
+
+    def after_epoch(self, run):
+        for k, v in self.series.items():
+            run.record[k] = v[run.epoch]
+
+
+def test_save_best_after_early_stopping_saves_the_weights_of_the_epoch_it_names(tmp_path):
+    from safetensors.torch import load_file
+    from netfit import SaveBest
+    m = net()
+    seen = {}
+
+    class Keep(Callback):  # the weights each epoch ended with, as later callbacks see them
+        def after_epoch(self, run):
+            seen[run.epoch] = [p.detach().clone() for p in run.model.parameters()]
+    save = SaveBest(tmp_path / "best", monitor="acc_", mode="max")
+    h = fit(m, md(), 4, callbacks=[Keep(), Figures(val_loss=[1.0, 2.0, 3.0, 4.0], acc_=[0.5, 0.6, 0.7, 0.8]),
+                                   EarlyStopping("val_loss", patience=2), save], verbose=False)
+    assert h.info["early_stopping"]["stopped_after"] == 2 and h.info["save_best"]["epoch"] == 2
+    saved = load_file(tmp_path / "best" / "model.safetensors")
+    assert all(torch.equal(saved[k], b) for k, b in zip(m.state_dict(), seen[2]))
+
+
+@pytest.mark.parametrize("name, mode", [("val_mape", "min"), ("dice_loss", "min"), ("f1_loss", "min"),
+                                        ("map", "max"), ("top_k_accuracy", "max"), ("val_acc", "max")])
+def test_auto_mode_reads_loss_and_error_names_as_lower_is_better(name, mode):
+    assert EarlyStopping(monitor=name).tracker.mode == mode
+
+
+def test_a_keras_style_monitor_name_is_refused_before_training_and_an_unknown_one_warned():
+    from netfit import FitError, accuracy
+    m = net()
+    before = [p.clone() for p in m.parameters()]
+    with pytest.raises(FitError, match="use monitor='accuracy'"):
+        fit(m, md(), 2, metrics=[accuracy], callbacks=[EarlyStopping("val_accuracy")], verbose=False)
+    assert all(map(torch.equal, before, m.parameters()))
+    with pytest.warns(UserWarning, match="monitors 'acc_', which fit does not record"):
+        fit(m, md(), 1, callbacks=[Figures(acc_=[0.5]), EarlyStopping("acc_")], verbose=False)
+
+
+def test_validation_and_the_lr_column_follow_a_loss_or_optimizer_a_callback_swapped_in():
+    from netfit.fit import _validate
+    m = net()
+
+    class Swap(Callback):
+        def before_epoch(self, run):
+            if run.epoch == 1:
+                run.crit = nn.CrossEntropyLoss(label_smoothing=0.5)
+                run.opt = optim.SGD(run.model.parameters(), lr=0.0)
+    h = fit(m, md(), 2, optim.Adam(m.parameters(), lr=1e-2), callbacks=[Swap()], verbose=False)
+    smoothed = _validate(m, md().val_dl, nn.CrossEntropyLoss(label_smoothing=0.5), [], torch.device("cpu"))
+    assert h[-1]["val_loss"] == pytest.approx(smoothed["val_loss"]) and h[-1]["lr"] == 0.0
+
+
+def test_a_nan_loss_error_carries_the_history_of_the_epochs_before_it():
+    from netfit import NonFiniteLossError
+
+    class Poison(Callback):
+        def before_batch(self, run):
+            if run.epoch == 1:
+                run.xb = run.xb * float("nan")
+    with pytest.raises(NonFiniteLossError) as e:
+        fit(net(), md(), 3, callbacks=[Poison()], verbose=False)
+    assert e.value.history["epoch"] == [0]

@@ -8,17 +8,29 @@ that write files do so on rank 0 only, so they work unchanged under torchrun.
 """
 import csv
 import math
+import re
 from pathlib import Path
 
 import torch
 
 from .checks import FitError
+from .data import _warn
 from .fit import CancelFit, Callback
 
 __all__ = ["EarlyStopping", "SaveBest", "GradientClip", "CSVLogger", "TensorBoard", "TorchScheduler"]
 
 
-_HIGHER_IS_BETTER = ("acc", "auc", "f1", "fbeta", "precision", "recall", "r2", "dice", "iou", "map")
+_HIGHER_IS_BETTER = ("acc", "auc", "f1", "fbeta", "precision", "recall", "r2", "dice", "iou")  # word starts; "map" whole
+
+
+def _higher_is_better(name):
+    """Keras's "auto": scores are maximised (a word of the name starts like one), losses and errors
+    (any name holding "loss" or "error", such as dice_loss) and everything else (mse, mape) minimised."""
+    name = name.lower()
+    if "loss" in name or "error" in name:
+        return False
+    words = re.split(r"[^a-z0-9]+", name)
+    return "map" in words or any(w.startswith(k) for w in words for k in _HIGHER_IS_BETTER)
 
 
 class _Monitor:
@@ -27,7 +39,7 @@ class _Monitor:
 
     def __init__(self, monitor, mode, min_delta, owner):
         if mode == "auto":  # as Keras: higher is better for scores, lower for everything else (losses, mse...)
-            mode = "max" if any(k in monitor.lower() for k in _HIGHER_IS_BETTER) and "error" not in monitor else "min"
+            mode = "max" if _higher_is_better(monitor) else "min"
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max'; got {mode!r}")
         if not min_delta >= 0:
@@ -43,6 +55,16 @@ class _Monitor:
         if self.monitor in validation and _loaders(run.data)[1] is None:
             raise FitError(f"{self.owner} monitors {self.monitor!r}, a validation figure, but fit has no validation "
                            "data; pass a val set, or monitor='trn_loss'")
+        known = ["trn_loss"] + validation
+        if self.monitor in known:
+            return
+        keras = self.monitor[4:] if self.monitor.startswith("val_") else None  # Keras: val_accuracy, val_acc
+        named = [k for k in known if keras and (k == keras or (keras == "acc" and k == "accuracy"))]
+        if named:
+            raise FitError(f"{self.owner} monitors {self.monitor!r}: fit names the validation figures without "
+                           f"Keras's val_ prefix; use monitor={named[0]!r} (the figures: {known})")
+        _warn(f"{self.owner} monitors {self.monitor!r}, which fit does not record (it records {known}); a callback "
+              "must add it to run.record before the owner's after_epoch")
 
     def value(self, run):
         if self.monitor not in run.record:
@@ -70,8 +92,9 @@ class EarlyStopping(Callback):
 
     Args:
         monitor: an epoch figure: "val_loss", "trn_loss" or a metric's name ("accuracy").
-        mode: "min", "max", or "auto" (max for scores: names with acc, auc, f1, precision, recall,
-            r2, dice, iou or map; min for everything else, such as losses, error_rate and mse).
+        mode: "min", "max", or "auto" (max for scores: a word of the name starting with acc, auc, f1,
+            precision, recall, r2, dice or iou, or the word map; min for names with loss or error and
+            everything else, such as mse and mape).
         patience: epochs without improvement to wait. min_delta: smallest change that counts.
         restore_best: load the weights of the best epoch when training ends, stopped early or not
             (Keras leaves the last ones by default; this does not).
@@ -114,9 +137,8 @@ class EarlyStopping(Callback):
         run.history.info["early_stopping"] = {"monitor": m.monitor, "best": m.best, "best_epoch": m.best_epoch,
                                               "stopped_after": None}
         if not improved and self.wait >= self.patience and run.epoch + 1 < run.epochs:
-            self.stop = True
+            self.stop = True  # the best weights come back in after_fit: later callbacks (SaveBest) see this epoch's
             run.history.info["early_stopping"]["stopped_after"] = run.epoch
-            self._restore(run)
 
     def after_fit(self, run):
         self._restore(run)

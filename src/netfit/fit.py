@@ -60,7 +60,9 @@ class CancelBatch(Exception):
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the message names the epoch and step."""
+    """The training loss became NaN or infinite; the message names the epoch and step, and `history`
+    holds the epochs finished before it (as `fit` would have returned them)."""
+    history = None
 
 
 class Callback:
@@ -329,10 +331,10 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                     history.info["step"] = f"eager: {graphed.why_not} ({graphed.ran} until epoch {epoch})"
                     graphed = None
                 resume_at = None
-                if val_dl is not None:
-                    run.record.update(_validate(model, val_dl, crit, metrics, device, rank, world))
+                if val_dl is not None:  # with the loss and optimizer a callback may have swapped in
+                    run.record.update(_validate(model, val_dl, run.crit, metrics, device, rank, world))
                 run.record["time"] = time.perf_counter() - start
-                run.record["lr"] = opt.param_groups[0]["lr"]
+                run.record["lr"] = run.opt.param_groups[0]["lr"]
                 cancelled = False
                 for handler in handlers["after_epoch"]:  # every callback sees the epoch, even after a CancelFit
                     try:
@@ -615,9 +617,12 @@ def _finite(run, losses):
 
 def _non_finite_error(run, value, where):
     """The NonFiniteLossError both training loops raise: what, where, the checkpoint, what to try."""
-    return NonFiniteLossError(f"training loss became {value} at {where}; stopped there"
-                              + (f", the last good checkpoint is {run.checkpoint}" if run.checkpoint else "")
-                              + ". Try a lower learning rate, or check the inputs for NaN/inf.")
+    error = NonFiniteLossError(f"training loss became {value} at {where}; stopped there"
+                               + (f", the last good checkpoint is {run.checkpoint}" if run.checkpoint else "")
+                               + ". Try a lower learning rate, or check the inputs for NaN/inf (the epochs "
+                               "before it: error.history).")
+    error.history = run.history
+    return error
 
 
 def _loss_sums(mean, device):
