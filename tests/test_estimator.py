@@ -159,3 +159,45 @@ def test_pipeline_cross_val_grid_search_and_voting_with_a_forest():
     vote = VotingClassifier([("net", pipe), ("forest", RandomForestClassifier(20, random_state=0))],
                             voting="soft").fit(x, y)
     assert vote.predict_proba(x).shape == (240, 3) and vote.score(x, y) > 0.9
+
+
+def test_a_net_ending_in_softmax_is_refused_instead_of_softmaxed_twice():
+    x, y = blobs()
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3), nn.Softmax(dim=1))
+    with pytest.raises(ValueError, match="ends in Softmax.*nn.LogSoftmax"):
+        quick(module=net).fit(x, y)
+
+
+def test_batchnorm_fits_a_fold_whose_size_leaves_one_row_in_the_last_batch():
+    x, y = blobs(65)
+    net = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    assert quick(module=net).fit(x, y).score(x, y) > 0.5  # 65 rows in batches of 32: 32, 32 (and 1, dropped)
+
+
+def test_a_partial_optimizer_and_a_numpy_learning_rate():
+    import functools
+    x, y = blobs()
+    clf = quick(opt=functools.partial(torch.optim.SGD, momentum=0.9), lr=np.float32(0.05)).fit(x, y)
+    assert clf.score(x, y) > 0.9
+    with pytest.raises(ValueError, match="opt must be"):
+        quick(opt=torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)).fit(x, y)
+
+
+def test_a_failed_fit_leaves_the_estimator_unfitted():
+    x, y = blobs()
+    clf = quick(module=nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1)))
+    with pytest.raises(ValueError):
+        clf.fit(x, y)
+    with pytest.raises(NotFittedError):
+        clf.predict(x)
+
+
+def test_random_state_repeats_bit_for_bit_on_two_threads():
+    x, y = blobs()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # conftest runs the suite on one
+    try:
+        p1, p2 = (quick(random_state=3, epochs=3).fit(x, y).predict_proba(x) for _ in range(2))
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(p1, p2)

@@ -49,7 +49,8 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
             else `CrossEntropyLoss`. With `NLLLoss` the outputs are log-probabilities and
             `predict_proba` is their exp; with `CrossEntropyLoss` they are logits and it is their
             softmax. `NLLLoss` on a net whose outputs are not log-probabilities is an error at `fit`.
-        opt: an optimizer class (or "adam", "adamw", "sgd"), built as `opt(params, lr=lr)`.
+        opt: an optimizer class (or "adam", "adamw", "sgd", or a function such as
+            `functools.partial(torch.optim.SGD, momentum=0.9)`), built as `opt(params, lr=lr)`.
         epochs, bs, lr: passes over the data, batch size, learning rate.
         device: where to train ("cpu", "cuda"...); default `netfit.default_device()`.
         verbose: print fit's per-epoch table.
@@ -100,18 +101,29 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         # so every fit starts afresh (np.random.seed makes a series of fits repeatable)
         seed = (int(self.random_state) if isinstance(self.random_state, (int, np.integer))
                 else int(check_random_state(self.random_state).randint(2 ** 31 - 1)))
-        with torch.random.fork_rng(devices=[]):  # seed weights and shuffling; leave the caller's torch RNG alone
-            torch.manual_seed(seed)
-            module = self._build(X.shape[1], len(classes)).to(device)
-            crit = self._crit(module)
-            outputs = self._outputs_kind(module, crit)
-            self._check_outputs(module, outputs, X[:64], len(classes), crit, device)
-            opt_cls = OPTIMIZERS[self.opt.lower()] if isinstance(self.opt, str) else self.opt
-            opt = opt_cls(module.parameters(), lr=self.lr)
-            # loaders over the arrays as given: an sklearn estimator leaves scaling to a Pipeline
-            x_t, y_t = as_tensors(X, y_idx.astype(np.int64), "X")
-            md = (ArrayLoader(x_t, y_t, int(self.bs), shuffle=True).to(device), None)
-            history = fit(module, md, int(self.epochs), opt, crit, verbose=bool(self.verbose))
+        try:
+            with torch.random.fork_rng(devices=[]):  # seed weights and shuffling; leave the caller's torch RNG alone
+                torch.manual_seed(seed)
+                module = self._build(X.shape[1], len(classes)).to(device)
+                crit = self._crit(module)
+                outputs = self._outputs_kind(module, crit)
+                self._check_outputs(module, outputs, X[:64], len(classes), crit, device)
+                opt_cls = OPTIMIZERS[self.opt.lower()] if isinstance(self.opt, str) else self.opt
+                opt = opt_cls(module.parameters(), lr=float(self.lr))
+                # loaders over the arrays as given: an sklearn estimator leaves scaling to a Pipeline. A
+                # last batch of 1 row is dropped (a different row each epoch) when BatchNorm could not train on it:
+                # a cross-validation fold may have any size
+                x_t, y_t = as_tensors(X, y_idx.astype(np.int64), "X")
+                norms = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+                drop = norms and len(X) > 1 and len(X) % int(self.bs) == 1
+                md = (ArrayLoader(x_t, y_t, int(self.bs), shuffle=True, drop_last=drop).to(device), None)
+                # seed: the shuffles, and the CPU step on torch's thread count, so an int random_state repeats
+                history = fit(module, md, int(self.epochs), opt, crit, verbose=bool(self.verbose), seed=seed)
+        except BaseException:
+            for name in ("n_features_in_", "feature_names_in_"):  # a failed fit does not look fitted
+                if hasattr(self, name):
+                    delattr(self, name)
+            raise
         # set only once training succeeded, so a failed fit does not look fitted
         self.classes_, self.module_, self.crit_, self.outputs_, self.history_ = classes, module, crit, outputs, history
         return self
@@ -121,15 +133,17 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "epochs" else 1):
                 raise ValueError(f"{name} must be an integer {'>= 0' if name == 'epochs' else '>= 1'}; got {v!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr >= 0 \
-                or not math.isfinite(self.lr):
+        if isinstance(self.lr, (bool, np.bool_)) or not isinstance(self.lr, (int, float, np.number)) \
+                or not self.lr >= 0 or not math.isfinite(self.lr):
             raise ValueError(f"lr must be a finite number >= 0; got {self.lr!r}")
         if isinstance(self.opt, str) and self.opt.lower() not in OPTIMIZERS:
             raise ValueError(f"opt {self.opt!r} is not known; expected an optimizer class or one of "
                              f"{', '.join(OPTIMIZERS)}")
-        if not isinstance(self.opt, str) and not (isinstance(self.opt, type)
-                                                  and issubclass(self.opt, torch.optim.Optimizer)):
-            raise ValueError(f"opt must be a torch.optim.Optimizer class such as torch.optim.Adam, or one of "
+        if not isinstance(self.opt, str) and (not callable(self.opt) or isinstance(self.opt, torch.optim.Optimizer)
+                                              or (isinstance(self.opt, type)
+                                                  and not issubclass(self.opt, torch.optim.Optimizer))):
+            raise ValueError(f"opt must be a torch.optim.Optimizer class such as torch.optim.Adam (or a function "
+                             f"making one, e.g. functools.partial(torch.optim.SGD, momentum=0.9)), or one of "
                              f"{', '.join(OPTIMIZERS)}; got {self.opt!r}")
 
     def _build(self, n_in, n_out):
@@ -171,6 +185,10 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         crit = self.crit
         if crit is None:
             last = list(module.modules())[-1]
+            if isinstance(last, nn.Softmax):  # cross-entropy would apply a second softmax, and so would predict_proba
+                raise ValueError(f"the net ends in {last}: end it in nn.LogSoftmax(dim=1) (trained with NLLLoss), or "
+                                 "drop it and let CrossEntropyLoss take the raw scores; predict_proba gives "
+                                 "probabilities either way")
             return nn.NLLLoss() if isinstance(last, nn.LogSoftmax) else nn.CrossEntropyLoss()
         if isinstance(crit, type):
             return crit()
