@@ -815,3 +815,30 @@ def test_cli_resume_names_a_zero_option_and_a_failed_run_removes_the_folders_it_
     nested = tmp_path / "made" / "by" / "run"
     assert main(["train", "--data-path", str(tmp_path / "missing"), "--out", str(nested)]) == 1
     assert not (tmp_path / "made").exists()
+
+
+def test_several_inputs_or_outputs_get_netfits_own_error():
+    from torch.utils.data import DataLoader, TensorDataset
+    x1, x2, y = torch.randn(64, 3), torch.randn(64, 2), torch.randint(0, 2, (64,))
+    net = nn.Linear(3, 2)
+    with pytest.raises(DataError, match="a batch holds 3 tensors"):  # y was read from x2
+        fit(net, (DataLoader(TensorDataset(x1, x2, y), batch_size=16), None), 1, verbose=False)
+    with pytest.raises(DataError, match="inputs are a list, not a tensor"):
+        predict(net, DataLoader(list(zip(zip(x1, x2), y)), batch_size=16))
+
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+    with pytest.raises(DataError, match="the model returns a tuple"):
+        predict(Pair(), x1)
+
+
+def test_set_lrs_and_learner_fit_take_fastais_slice():
+    from netfit import Learner, param_groups, set_lrs
+    net = nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10), nn.LogSoftmax(dim=1))
+    opt = optim.AdamW(param_groups(net, 1e-3, wd=0.01))  # 2 layers, 4 groups (no decay on biases)
+    set_lrs(opt, slice(1e-4, 1e-2))
+    assert sorted({round(g["lr"], 6) for g in opt.param_groups}) == [0.0001, 0.01]
+    learn = Learner(lesson_net(), md_of())
+    learn.fit(1, slice(3e-3), verbose=False)
+    assert learn.opt.param_groups[0]["lr"] == 3e-3

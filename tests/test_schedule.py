@@ -228,5 +228,5 @@ def test_one_rate_per_layer_reaches_both_groups_of_a_layer_with_weight_decay():
         sched = one_cycle(rates)
         fit(net, md, 1, opt, schedule=sched, verbose=False)
         assert sched.peaks == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3, 1e-2, 1e-2])
-    with pytest.raises(ValueError, match="got 2 peak rates for 6 param groups \\(3 layers\\)"):
+    with pytest.raises(ValueError, match="got 2 learning rates for 6 param groups \\(3 layers\\)"):
         fit(net, md, 1, opt, schedule=one_cycle([1e-3, 1e-2]), verbose=False)

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .checks import FitError, _check_args, _check_data, _check_first_batch, _check_metrics, _check_opt, _default_crit
-from .data import _warn
+from .data import DataError, _warn
 from .distributed import all_reduce_sum as dist_all_reduce_sum
 from .distributed import barrier as dist_barrier
 from .distributed import broadcast_buffers as dist_broadcast_buffers
@@ -110,8 +110,40 @@ class Run:
     unchecked: bool = False     # the training loader holds no arrays to check before fit: check batch 1
 
 
+def _spread(rates, n):
+    """fastai's `slice` of rates over `n` param groups: slice(lo, hi) spreads them geometrically from
+    the first group to the last; slice(hi) gives the last group hi and the others hi / 10."""
+    if rates.stop is None:
+        raise ValueError(f"a slice of rates needs a stop (the last group's rate); got {rates}")
+    hi = float(rates.stop)
+    if n == 1:
+        return [hi]
+    if rates.start is None:
+        return [hi / 10] * (n - 1) + [hi]
+    return [float(r) for r in np.geomspace(float(rates.start), hi, n)]
+
+
+def _group_rates(groups, lr):
+    """One rate per param group from one rate, a list, or fastai's slice: a list or slice is per layer
+    when the groups come from `param_groups` (each knows its layer; a layer may have two), else per group."""
+    if isinstance(lr, (np.ndarray, torch.Tensor)) and lr.ndim == 0:  # np.array(0.01): one rate
+        lr = lr.item()
+    if not isinstance(lr, (slice, list, tuple, np.ndarray)):
+        return [lr] * len(groups)
+    layer = [g.get("layer") for g in groups]
+    per_layer = None not in layer
+    n = len(set(layer)) if per_layer else len(groups)
+    rates = _spread(lr, n) if isinstance(lr, slice) else list(lr)
+    if len(rates) == len(groups):
+        return rates
+    if per_layer and len(rates) == n:
+        return [rates[i] for i in layer]
+    raise ValueError(f"got {len(rates)} learning rates for {len(groups)} param groups" + (f" ({n} layers)" if per_layer else ""))
+
+
 def set_lrs(opt, lr):
-    """Set the learning rate of every param group of `opt` (one rate, or one per group).
+    """Set the learning rate of every param group of `opt`: one rate, one per group (or per layer for
+    `param_groups`' groups), or fastai's `slice(lo, hi)` spread over them.
 
     Example:
         >>> opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1); set_lrs(opt, 0.01)
@@ -120,11 +152,7 @@ def set_lrs(opt, lr):
     """
     if not isinstance(opt, torch.optim.Optimizer):
         raise ValueError(f"set_lrs sets an optimizer's rates: set_lrs(opt, lr); got {type(opt).__name__} for opt")
-    if isinstance(lr, (np.ndarray, torch.Tensor)) and lr.ndim == 0:  # np.array(0.01): one rate
-        lr = lr.item()
-    lrs = list(lr) if isinstance(lr, (list, tuple, np.ndarray)) else [lr] * len(opt.param_groups)
-    if len(lrs) != len(opt.param_groups):
-        raise ValueError(f"got {len(lrs)} learning rates for {len(opt.param_groups)} param groups")
+    lrs = _group_rates(opt.param_groups, lr)
     for group, rate in zip(opt.param_groups, lrs):
         if isinstance(rate, torch.Tensor) and rate.numel() == 1:
             rate = rate.item()
@@ -158,9 +186,16 @@ def _loaders(data):
 
 def _batch(b, device):
     if isinstance(b, (tuple, list)):  # (x, y), or [x] from a DataLoader over TensorDataset(x)
+        if len(b) > 2:
+            raise DataError(f"a batch holds {len(b)} tensors; fit and predict take (x, y) batches (or x alone): "
+                            "for a model of several inputs, stack them into one tensor and split it in forward")
         xb, yb = (b[0], b[1]) if len(b) > 1 else (b[0], None)
     else:
         xb, yb = b, None
+    if not isinstance(xb, torch.Tensor):
+        raise DataError(f"a batch's inputs are a {type(xb).__name__}, not a tensor; fit and predict take one input "
+                        "tensor per batch: for a model of several inputs, stack them into one tensor and split it "
+                        "in forward")
     if xb.device != device:
         xb = xb.to(device, non_blocking=True)
         yb = yb.to(device, non_blocking=True) if yb is not None else None

@@ -63,6 +63,10 @@ def _outputs(model, dl):
                     if preds:
                         raise
                     raise _shape_error(model, xb, e, "the input") from e
+                if not isinstance(preds[-1], torch.Tensor):
+                    raise DataError(f"the model returns a {type(preds[-1]).__name__}; predict collects one tensor "
+                                    "of outputs per batch: call the model yourself, or predict with a module that "
+                                    "returns the outputs you want (e.g. a wrapper whose forward returns out[0])")
                 if yb is not None:
                     targs.append(yb)
             if sharded and not preds:  # fewer rows than ranks: an empty share, shaped as the others for the gather

@@ -29,7 +29,7 @@ import torch
 
 from .checkpoint import rng_state, set_rng_state
 from .distributed import all_reduce_sum, rank, world
-from .fit import CancelFit, Callback, _loaders, _model_device, fit, set_lrs
+from .fit import CancelFit, Callback, _group_rates, _loaders, _model_device, _spread, fit, set_lrs
 
 __all__ = ["Schedule", "one_cycle", "cosine", "step_decay", "fit_one_cycle", "lr_find", "LRFinderResult",
            "param_groups"]
@@ -76,21 +76,8 @@ class Schedule(Callback):
         self.saved = [{k: g[k] for k in ("lr", "betas", "momentum") if k in g} for g in groups]
         if self.lrs is None:
             self.peaks = [g["lr"] for g in groups]
-        elif isinstance(self.lrs, (slice, list, tuple, np.ndarray)):
-            # one rate per layer when the groups come from param_groups (a layer may have two), else per group
-            layer = [g.get("layer") for g in groups]
-            per_layer = None not in layer
-            n = len(set(layer)) if per_layer else len(groups)
-            rates = _spread(self.lrs, n) if isinstance(self.lrs, slice) else [float(r) for r in self.lrs]
-            if len(rates) == len(groups):
-                self.peaks = rates
-            elif per_layer and len(rates) == n:
-                self.peaks = [rates[i] for i in layer]
-            else:
-                raise ValueError(f"got {len(rates)} peak rates for {len(groups)} param groups"
-                                 + (f" ({n} layers)" if per_layer else ""))
         else:
-            self.peaks = [float(self.lrs)] * len(groups)
+            self.peaks = [float(r) for r in _group_rates(groups, self.lrs)]
         if any(not p > 0 for p in self.peaks):
             raise ValueError(f"Invalid learning rate: peak rates must be positive; got {self.peaks}")
         self._start(run)
@@ -138,19 +125,6 @@ class Schedule(Callback):
         self.used_lrs, self.used_moms = list(state["lrs"]), list(state["moms"])
         if state.get("saved") is not None:  # checkpoints from before these were kept: before_fit works them out
             self.peaks, self.saved = list(state["peaks"]), [dict(g) for g in state["saved"]]
-
-
-def _spread(rates, n):
-    """fastai's `slice` of rates over `n` param groups: slice(lo, hi) spreads them geometrically from
-    the first group to the last; slice(hi) gives the last group hi and the others hi / 10."""
-    if rates.stop is None:
-        raise ValueError(f"a slice of rates needs a stop (the last group's rate); got {rates}")
-    hi = float(rates.stop)
-    if n == 1:
-        return [hi]
-    if rates.start is None:
-        return [hi / 10] * (n - 1) + [hi]
-    return [float(r) for r in np.geomspace(float(rates.start), hi, n)]
 
 
 def one_cycle(max_lr=None, pct_start=0.25, div=25.0, div_final=1e5, moms=(0.95, 0.85, 0.95)):
