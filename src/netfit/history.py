@@ -4,6 +4,7 @@ progress bar over the batches (a widget in Jupyter, one redrawn line on a termin
     h = fit(net, md, 3, metrics=[accuracy]); h["val_loss"]; h[-1]["accuracy"]; print(h)
 """
 import json
+import math
 import sys
 
 import numpy as np
@@ -82,24 +83,29 @@ def _metric_name(m):
     return getattr(m, "__name__", None) or type(m).__name__
 
 
+def _width(k):
+    """A column's width: 9 characters, or the figure's name where longer (top_k_accuracy)."""
+    return 5 if k == "epoch" else max(9, len(k))
+
+
 def _table_header(keys):
-    return "  ".join(f"{k:>9}" if k != "epoch" else "epoch" for k in keys if k != "lr")
+    return "  ".join(f"{k:>{_width(k)}}" for k in keys if k != "lr")
 
 
 def _table_row(r, keys):
     cells = []
     for k in keys:
-        v = r.get(k)
+        v, w = r.get(k), _width(k)
         if k == "lr":
             continue
         if k == "epoch":
             cells.append(f"{v:5d}")
         elif k == "time":
-            cells.append(f"{v:8.2f}s")
+            cells.append(f"{f'{v:.2f}s':>{w}}")
         elif isinstance(v, float):
-            cells.append(f"{v:9.4f}")
+            cells.append(f"{v:{w}.4f}" if abs(v) < 1e5 or not math.isfinite(v) else f"{v:{w}.3g}")
         else:
-            cells.append(f"{str(v):>9}")
+            cells.append(f"{str(v):>{w}}")
     return "  ".join(cells)
 
 
