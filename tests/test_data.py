@@ -163,6 +163,7 @@ def test_labels_as_a_column_are_read_as_one_per_row():
     (np.linspace(0, 1, 40), "for regression targets, build the loaders yourself"),
     (np.array(["cat", "dog"] * 20), "np.unique(y, return_inverse=True)"),
     (np.eye(2, dtype=np.int64)[np.arange(40) % 2], "use y.argmax(1)"),
+    (np.eye(3, dtype=np.float32)[np.arange(40) % 3], "one-hot rows: use y.argmax(1)"),  # Keras's to_categorical
 ])
 def test_labels_that_are_not_class_indices_get_a_way_forward(y, hint):
     x, _ = arrays(40)

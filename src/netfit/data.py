@@ -130,6 +130,9 @@ def as_tensors(x, y=None, name="x", n_classes=None):
 
 def _label_hint(y, yname, convert=None):
     """How to turn `y` (a numpy array that is not integer labels) into labels, or where regression goes."""
+    if (y.dtype.kind == "f" and y.ndim == 2 and y.shape[1] > 1 and y.size and bool(((y == 0) | (y == 1)).all())
+            and bool((y.sum(1) == 1).all())):  # Keras's to_categorical
+        return f" (one-hot rows: use {yname}.argmax(1))"
     if y.dtype.kind == "f" and y.size and np.isfinite(y).all() and (y == np.round(y)).all():
         return f" (whole numbers: use {convert or yname + '.astype(' + repr('int64') + ')'})"
     if y.dtype.kind == "f":
