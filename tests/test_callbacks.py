@@ -172,3 +172,10 @@ def test_accumulating_k_batches_matches_one_big_batch(fashion, n):
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     torch.manual_seed(0)
     assert not torch.equal(weights[0][0], mlp()[0].weight)  # it trained
+
+
+def test_torch_scheduler_warns_about_a_per_batch_scheduler():
+    from netfit import TorchScheduler
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="OneCycleLR is meant to step after every batch.*one_cycle"):
+        TorchScheduler(torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=30))

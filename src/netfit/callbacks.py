@@ -317,6 +317,10 @@ class TorchScheduler(Callback):
         if not hasattr(scheduler, "step") or not hasattr(scheduler, "optimizer"):
             raise FitError(f"TorchScheduler takes a torch.optim.lr_scheduler scheduler; got {type(scheduler).__name__}")
         self.scheduler, self.monitor = scheduler, monitor
+        per_step = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
+        if isinstance(scheduler, per_step):  # their step counts are batches: stepped per epoch they never peak
+            _warn(f"{type(scheduler).__name__} is meant to step after every batch, and TorchScheduler steps it once "
+                  "per epoch; for a per-batch schedule use fit(..., schedule=one_cycle(max_lr)) (or cosine)")
 
     def before_fit(self, run):
         if self.scheduler.optimizer is not run.opt:
