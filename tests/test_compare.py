@@ -122,6 +122,13 @@ def test_csv_errors_name_the_column(tmp_path):
     ragged.write_text("label,pixel0,pixel1\n1,2,3\n0,1\n")
     with pytest.raises(DataError, match="line 3 has 2 fields but the header has 3"):
         read_csv(ragged)
+    for body, message in (("1,0.5,nan\n0,1,2\n", "column 'b' holds nan on line 2"),
+                          ("1,0.5,1e400\n0,1,2\n", "column 'b' holds inf on line 2"),
+                          ("a1,0.5,1\n,1,2\n", "the 'label' column is empty on line 3")):
+        missing = tmp_path / "missing.csv"
+        missing.write_text("label,a,b\n" + body)
+        with pytest.raises(DataError, match=message):  # before a forest trains on them
+            read_csv(missing)
     named = tmp_path / "named.csv"
     named.write_text("label,a,b\ncat,1,2\ndog,3,4\ncat,5,6\n")
     x, y, _ = read_csv(named)
@@ -210,3 +217,7 @@ def test_mistakes_are_refused_before_any_training(small, tmp_path):
         compare(["logreg"], (x, y), quick=True, verbose=False, seed=-1)
     with pytest.raises(ValueError, match="1 class"):
         compare(["logreg"], (x, np.zeros(len(y), int)), quick=True, verbose=False)
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(DataError, match="CUDA is not available"):
+            compare(["forest", "logreg"], (x, y), quick=True, verbose=False, device="cuda")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ImageClassifierData, default_device, mean_std
+from .data import ImageClassifierData, _device, default_device, mean_std
 from .fit import fit
 from .predict import predict
 from .metrics import accuracy
@@ -293,7 +293,7 @@ def compare(models=None, data="fashion-mnist", valid=None, test=None, *, quick=F
     limits = {"train": budget.n_train, "valid": budget.n_valid, "test": budget.n_test}
     splits = {k: subsample(*v, limits[k], seed + i) for i, (k, v) in enumerate(splits.items())}
     n_classes = len(names)
-    device = torch.device(device) if device is not None else default_device()
+    device = _device(device) if device is not None else default_device()  # a device not here: said before any training
     note = _quick_note(quick, budget, sizes_before, splits, epochs_for, chosen, forest_kwargs)
     rows = ", ".join(f"{len(v[0]):,} {k}" for k, v in splits.items())
     say(f"netfit compare on {source}: {rows} rows, {n_features} features, {n_classes} classes; "
