@@ -842,3 +842,12 @@ def test_set_lrs_and_learner_fit_take_fastais_slice():
     learn = Learner(lesson_net(), md_of())
     learn.fit(1, slice(3e-3), verbose=False)
     assert learn.opt.param_groups[0]["lr"] == 3e-3
+
+
+def test_a_custom_cnn_on_images_without_a_channel_axis_is_told_x_none():
+    x = np.random.default_rng(0).random((64, 28, 28), dtype=np.float32)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10),
+                        nn.LogSoftmax(dim=1))
+    md = ImageClassifierData.from_arrays(".", (x, Y[:64]), (x, Y[:64]), device="cpu")
+    with pytest.raises(DataError, match=r"no channel axis: give them one with x\[:, None\]"):
+        fit(net, md, 1, verbose=False)

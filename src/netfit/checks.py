@@ -323,6 +323,8 @@ def _shape_error(model, xb, e, what, last=None):
     elif isinstance(first, nn.Conv2d) and xb.ndim == 4 and xb.shape[-1] == first.in_channels != xb.shape[1]:
         expects += (f"; the images look channels-last (N, H, W, C): put channels first with "
                     "x.transpose(0, 3, 1, 2) (numpy) or x.permute(0, 3, 1, 2) (torch)")
+    if isinstance(first, nn.Conv2d) and xb.ndim == 3 and first.in_channels == 1:  # torch read each as one unbatched image
+        expects += "; the images have no channel axis: give them one with x[:, None], shape (N, 1, H, W)"
     return DataError(f"{what} rows have shape {tuple(xb.shape[1:])}, which the model cannot take{expects} "
                      f"({str(e).splitlines()[0][:200]})")
 
