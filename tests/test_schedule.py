@@ -230,3 +230,23 @@ def test_one_rate_per_layer_reaches_both_groups_of_a_layer_with_weight_decay():
         assert sched.peaks == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3, 1e-2, 1e-2])
     with pytest.raises(ValueError, match="got 2 learning rates for 6 param groups \\(3 layers\\)"):
         fit(net, md, 1, opt, schedule=one_cycle([1e-3, 1e-2]), verbose=False)
+
+
+def test_resuming_a_schedule_with_more_epochs_warns_that_its_rate_jumps(tmp_path):
+    from netfit import Callback, one_cycle
+
+    class Stop(Callback):
+        def after_batch(self, run):
+            if run.epoch == 1 and run.batch == 3:
+                raise KeyboardInterrupt
+    x = np.random.default_rng(0).random((256, 6), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int64)
+    md = ImageClassifierData.from_arrays(".", (x, y), (x[:64], y[:64]), bs=32, device="cpu")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 2), nn.LogSoftmax(dim=1))
+    opt = optim.Adam(net.parameters())
+    with pytest.raises(KeyboardInterrupt):
+        fit(net, md, 2, opt, schedule=one_cycle(1e-2), callbacks=[Stop()], checkpoint=tmp_path / "c",
+            checkpoint_every=2, verbose=False)
+    with pytest.warns(UserWarning, match="laid out over 16 steps and this resumed fit lays it over 32"):
+        fit(net, md, 4, opt, schedule=one_cycle(1e-2), checkpoint=tmp_path / "c", resume=True, verbose=False)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .checkpoint import rng_state, set_rng_state
+from .data import _warn
 from .distributed import all_reduce_sum, rank, world
 from .fit import CancelFit, Callback, _group_rates, _loaders, _model_device, _spread, fit, set_lrs
 
@@ -86,7 +87,10 @@ class Schedule(Callback):
         """What every fit sets up, fresh or resumed: the step count, the momentum groups, the records."""
         groups = run.opt.param_groups
         per_epoch = math.ceil(run.history.info["batches_per_epoch"] / run.accumulate)
-        self.total = max(1, run.epochs * per_epoch)
+        before, self.total = getattr(self, "total", None), max(1, run.epochs * per_epoch)
+        if run.step > 0 and before is not None and before != self.total:  # resumed with another epochs=
+            _warn(f"the schedule was laid out over {before} steps and this resumed fit lays it over {self.total} "
+                  f"(epochs={run.epochs}): the rate jumps to where step {run.step} of the new length puts it")
         # momentum only where the optimizer has it: a plain SGD(momentum=0) stays plain
         self.mom_groups = [g for g in groups if ("betas" in g) or g.get("momentum", 0) > 0] if self.mom_fn else []
         # a fresh run starts at step 0 and records anew; a resumed one keeps the steps it already took
@@ -119,10 +123,10 @@ class Schedule(Callback):
 
     def state_dict(self):
         return {"lrs": list(self.used_lrs), "moms": list(self.used_moms), "peaks": list(getattr(self, "peaks", [])),
-                "saved": getattr(self, "saved", None)}
+                "saved": getattr(self, "saved", None), "total": self.total}
 
     def load_state_dict(self, state):
-        self.used_lrs, self.used_moms = list(state["lrs"]), list(state["moms"])
+        self.used_lrs, self.used_moms, self.total = list(state["lrs"]), list(state["moms"]), state.get("total")
         if state.get("saved") is not None:  # checkpoints from before these were kept: before_fit works them out
             self.peaks, self.saved = list(state["peaks"]), [dict(g) for g in state["saved"]]
 
