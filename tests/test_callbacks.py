@@ -174,8 +174,18 @@ def test_accumulating_k_batches_matches_one_big_batch(fashion, n):
     assert not torch.equal(weights[0][0], mlp()[0].weight)  # it trained
 
 
-def test_torch_scheduler_warns_about_a_per_batch_scheduler():
+def test_torch_scheduler_warns_about_a_schedule_longer_than_the_fit():
+    import warnings
     from netfit import TorchScheduler
-    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
-    with pytest.warns(UserWarning, match="OneCycleLR is meant to step after every batch.*one_cycle"):
-        TorchScheduler(torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=30))
+    x = torch.randn(64, 2)
+    data = (ArrayLoader(x, (x[:, 0] > 0).long(), bs=16), None)
+    net = nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="OneCycleLR is laid out over 30 steps.*3 times.*one_cycle"):
+        fit(net, data, 3, opt, callbacks=[TorchScheduler(torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=30))],
+            verbose=False)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # laid out per epoch: as meant
+        fit(net, data, 3, opt, callbacks=[TorchScheduler(torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=3))],
+            verbose=False)

@@ -122,9 +122,9 @@ def test_csv_errors_name_the_column(tmp_path):
     ragged.write_text("label,pixel0,pixel1\n1,2,3\n0,1\n")
     with pytest.raises(DataError, match="line 3 has 2 fields but the header has 3"):
         read_csv(ragged)
-    for body, message in (("1,0.5,nan\n0,1,2\n", "column 'b' holds nan on line 2"),
-                          ("1,0.5,1e400\n0,1,2\n", "column 'b' holds inf on line 2"),
-                          ("a1,0.5,1\n,1,2\n", "the 'label' column is empty on line 3")):
+    for body, message in (("1,0.5,nan\n0,1,2\n", "column 'b' holds nan in data row 1"),
+                          ("1,0.5,1e400\n0,1,2\n", "column 'b' holds inf in data row 1"),
+                          ("a1,0.5,1\n,1,2\n", "the 'label' column is empty in data row 2")):
         missing = tmp_path / "missing.csv"
         missing.write_text("label,a,b\n" + body)
         with pytest.raises(DataError, match=message):  # before a forest trains on them

@@ -190,6 +190,23 @@ def test_a_failed_fit_leaves_the_estimator_unfitted():
         clf.fit(x, y)
     with pytest.raises(NotFittedError):
         clf.predict(x)
+    clf = quick().fit(x, y)  # a good fit, then a failing refit: the earlier net is not served
+    with pytest.raises(ValueError):
+        clf.set_params(lr=-1).fit(np.hstack([x, x]), y)
+    with pytest.raises(NotFittedError):
+        clf.predict(x)
+
+
+def test_a_softmax_a_custom_forward_uses_inside_is_not_taken_for_the_last_layer():
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head, self.gate = nn.Linear(4, 3), nn.Softmax(dim=1)  # registered last, applied first
+
+        def forward(self, x):
+            return self.head(x * self.gate(x) * 4)
+    x, y = blobs()
+    assert quick(module=Gated(), epochs=8).fit(x, y).score(x, y) > 0.8
 
 
 def test_random_state_repeats_bit_for_bit_on_two_threads():

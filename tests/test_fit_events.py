@@ -260,20 +260,25 @@ def test_save_best_after_early_stopping_saves_the_weights_of_the_epoch_it_names(
 
 
 @pytest.mark.parametrize("name, mode", [("val_mape", "min"), ("dice_loss", "min"), ("f1_loss", "min"),
-                                        ("map", "max"), ("top_k_accuracy", "max"), ("val_acc", "max")])
+                                        ("map", "max"), ("top_k_accuracy", "max"), ("val_acc", "max"),
+                                        ("MulticlassAccuracy", "max"), ("MulticlassF1Score", "max"),
+                                        ("mAP50-95", "max"), ("mIoU", "max"), ("top5acc", "max")])
 def test_auto_mode_reads_loss_and_error_names_as_lower_is_better(name, mode):
     assert EarlyStopping(monitor=name).tracker.mode == mode
 
 
-def test_a_keras_style_monitor_name_is_refused_before_training_and_an_unknown_one_warned():
-    from netfit import FitError, accuracy
+def test_a_keras_style_monitor_name_is_refused_before_training_and_a_callbacks_figure_is_taken():
+    from netfit import FitError, SaveBest, accuracy
     m = net()
     before = [p.clone() for p in m.parameters()]
     with pytest.raises(FitError, match="use monitor='accuracy'"):
         fit(m, md(), 2, metrics=[accuracy], callbacks=[EarlyStopping("val_accuracy")], verbose=False)
     assert all(map(torch.equal, before, m.parameters()))
-    with pytest.warns(UserWarning, match="monitors 'acc_', which fit does not record"):
-        fit(m, md(), 1, callbacks=[Figures(acc_=[0.5]), EarlyStopping("acc_")], verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a figure a callback adds, and fit's own lr and time, are monitored quietly
+        h = fit(m, md(), 2, callbacks=[Figures(acc_=[0.5, 0.6]), EarlyStopping("acc_"), EarlyStopping("time")],
+                verbose=False)
+    assert h.info["early_stopping"]["monitor"] in ("acc_", "time")
 
 
 def test_validation_and_the_lr_column_follow_a_loss_or_optimizer_a_callback_swapped_in():
@@ -300,3 +305,17 @@ def test_a_nan_loss_error_carries_the_history_of_the_epochs_before_it():
     with pytest.raises(NonFiniteLossError) as e:
         fit(net(), md(), 3, callbacks=[Poison()], verbose=False)
     assert e.value.history["epoch"] == [0]
+
+
+def test_an_early_stopped_fits_checkpoint_holds_the_best_weights(tmp_path):
+    from netfit.checkpoint import load_checkpoint
+    m = net()
+    seen = {}
+
+    class Keep(Callback):
+        def after_epoch(self, run):
+            seen[run.epoch] = {k: v.clone() for k, v in run.model.state_dict().items()}
+    fit(m, md(), 4, callbacks=[Keep(), Figures(val_loss=[1.0, 2.0, 3.0, 4.0]), EarlyStopping("val_loss", patience=2)],
+        checkpoint=tmp_path / "ckpt", verbose=False)
+    saved = load_checkpoint(tmp_path / "ckpt")["model"]
+    assert all(torch.equal(saved[k], v) for k, v in seen[0].items())

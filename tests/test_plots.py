@@ -65,15 +65,18 @@ def test_jupyter_draws_a_returned_figure_once():
 
 def test_plot_history_skips_figures_that_are_not_numbers_and_gaps_missing_ones():
     from netfit.history import History
-    h = History([{"epoch": 0, "trn_loss": 1.0, "val_loss": 0.9, "accuracy": 0.7, "note": "warm-up", "f1": None},
-                 {"epoch": 1, "trn_loss": 0.6, "val_loss": 0.7, "accuracy": 0.8, "note": None, "f1": 0.5}])
+    h = History([{"epoch": 0, "trn_loss": 1.0, "val_loss": 0.9, "accuracy": 0.7, "note": "warm-up", "f1": None,
+                  "grad_norm": torch.tensor(2.0)},
+                 {"epoch": 1, "trn_loss": 0.6, "val_loss": 0.7, "accuracy": 0.8, "note": None, "f1": 0.5,
+                  "grad_norm": torch.tensor(1.5)}])
     labels = [line.get_label() for ax in plot_history(h).axes for line in ax.lines]
-    assert "note" not in labels and {"accuracy", "f1"} <= set(labels)
+    assert "note" not in labels and {"accuracy", "f1", "grad_norm"} <= set(labels)
 
 
 def test_the_epoch_table_widens_for_long_names_and_large_values():
     from netfit.history import _table_header, _table_row
     keys = ["epoch", "trn_loss", "top_k_accuracy", "time"]
-    header, row = _table_header(keys), _table_row({"epoch": 0, "trn_loss": 1.5e9, "top_k_accuracy": 0.9,
-                                                   "time": 1.2}, keys)
-    assert len(header) == len(row) and header.index("top_k_accuracy") + len("top_k_accuracy") == row.index("0.9000") + 6
+    header = _table_header(keys)
+    for loss in (1.5e9, 12345.678, -2345.5, np.float32(0.123456789)):
+        row = _table_row({"epoch": 0, "trn_loss": loss, "top_k_accuracy": 0.9, "time": 1.2}, keys)
+        assert len(header) == len(row) and header.index("top_k_accuracy") + 14 == row.index("0.9000") + 6

@@ -8,7 +8,6 @@ that write files do so on rank 0 only, so they work unchanged under torchrun.
 """
 import csv
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -20,17 +19,18 @@ from .fit import CancelFit, Callback
 __all__ = ["EarlyStopping", "SaveBest", "GradientClip", "CSVLogger", "TensorBoard", "TorchScheduler"]
 
 
-_HIGHER_IS_BETTER = ("acc", "auc", "f1", "fbeta", "precision", "recall", "r2", "dice", "iou")  # word starts; "map" whole
+_HIGHER_IS_BETTER = ("acc", "auc", "f1", "fbeta", "precision", "recall", "r2", "dice", "iou", "map")
 
 
 def _higher_is_better(name):
-    """Keras's "auto": scores are maximised (a word of the name starts like one), losses and errors
-    (any name holding "loss" or "error", such as dice_loss) and everything else (mse, mape) minimised."""
+    """Keras's "auto": scores are maximised (the name holds one: MulticlassAccuracy, mAP50, mIoU),
+    losses and errors (any name holding "loss" or "error", such as dice_loss) and everything else
+    (mse, mape) minimised."""
     name = name.lower()
     if "loss" in name or "error" in name:
         return False
-    words = re.split(r"[^a-z0-9]+", name)
-    return "map" in words or any(w.startswith(k) for w in words for k in _HIGHER_IS_BETTER)
+    name = name.replace("mape", "")  # mean absolute percentage error, not mean average precision
+    return any(k in name for k in _HIGHER_IS_BETTER)
 
 
 class _Monitor:
@@ -55,16 +55,12 @@ class _Monitor:
         if self.monitor in validation and _loaders(run.data)[1] is None:
             raise FitError(f"{self.owner} monitors {self.monitor!r}, a validation figure, but fit has no validation "
                            "data; pass a val set, or monitor='trn_loss'")
-        known = ["trn_loss"] + validation
-        if self.monitor in known:
-            return
+        known = ["trn_loss", "lr", "time"] + validation
         keras = self.monitor[4:] if self.monitor.startswith("val_") else None  # Keras: val_accuracy, val_acc
         named = [k for k in known if keras and (k == keras or (keras == "acc" and k == "accuracy"))]
-        if named:
+        if self.monitor not in known and named:  # other names may be figures a callback adds to run.record
             raise FitError(f"{self.owner} monitors {self.monitor!r}: fit names the validation figures without "
                            f"Keras's val_ prefix; use monitor={named[0]!r} (the figures: {known})")
-        _warn(f"{self.owner} monitors {self.monitor!r}, which fit does not record (it records {known}); a callback "
-              "must add it to run.record before the owner's after_epoch")
 
     def value(self, run):
         if self.monitor not in run.record:
@@ -317,12 +313,13 @@ class TorchScheduler(Callback):
         if not hasattr(scheduler, "step") or not hasattr(scheduler, "optimizer"):
             raise FitError(f"TorchScheduler takes a torch.optim.lr_scheduler scheduler; got {type(scheduler).__name__}")
         self.scheduler, self.monitor = scheduler, monitor
-        per_step = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
-        if isinstance(scheduler, per_step):  # their step counts are batches: stepped per epoch they never peak
-            _warn(f"{type(scheduler).__name__} is meant to step after every batch, and TorchScheduler steps it once "
-                  "per epoch; for a per-batch schedule use fit(..., schedule=one_cycle(max_lr)) (or cosine)")
 
     def before_fit(self, run):
+        steps = getattr(self.scheduler, "total_steps", None) or getattr(self.scheduler, "total_size", None)
+        if steps is not None and steps > run.epochs:  # OneCycleLR, CyclicLR: laid out in batches, stepped per epoch
+            _warn(f"{type(self.scheduler).__name__} is laid out over {steps} steps and TorchScheduler steps it once per "
+                  f"epoch, {run.epochs} times: it will not reach its end; for a per-batch schedule use "
+                  "fit(..., schedule=one_cycle(max_lr)) (or cosine)")
         if self.scheduler.optimizer is not run.opt:
             raise FitError(f"the {type(self.scheduler).__name__} was built for another optimizer than the one fit "
                            "trains with; build it from the same opt")

@@ -90,7 +90,18 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         self.verbose, self.random_state, self.module_kwargs = verbose, random_state, module_kwargs
 
     def fit(self, X, y):
-        """Train a fresh net on X (N, features) and labels y (N,); returns self."""
+        """Train a fresh net on X (N, features) and labels y (N,); returns self. A fit that fails leaves
+        the estimator unfitted, not holding an earlier fit's net."""
+        try:
+            return self._fit(X, y)
+        except BaseException:
+            for name in ("n_features_in_", "feature_names_in_", "classes_", "module_", "crit_", "outputs_",
+                         "history_"):
+                if name in vars(self):
+                    delattr(self, name)
+            raise
+
+    def _fit(self, X, y):
         X, y = _validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         X = np.require(X, np.float32, ["C", "W"])  # torch needs writable memory (X may be a read-only memmap)
@@ -101,29 +112,23 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         # so every fit starts afresh (np.random.seed makes a series of fits repeatable)
         seed = (int(self.random_state) if isinstance(self.random_state, (int, np.integer))
                 else int(check_random_state(self.random_state).randint(2 ** 31 - 1)))
-        try:
-            with torch.random.fork_rng(devices=[]):  # seed weights and shuffling; leave the caller's torch RNG alone
-                torch.manual_seed(seed)
-                module = self._build(X.shape[1], len(classes)).to(device)
-                crit = self._crit(module)
-                outputs = self._outputs_kind(module, crit)
-                self._check_outputs(module, outputs, X[:64], len(classes), crit, device)
-                opt_cls = OPTIMIZERS[self.opt.lower()] if isinstance(self.opt, str) else self.opt
-                opt = opt_cls(module.parameters(), lr=float(self.lr))
-                # loaders over the arrays as given: an sklearn estimator leaves scaling to a Pipeline. A
-                # last batch of 1 row is dropped (a different row each epoch) when BatchNorm could not train on it:
-                # a cross-validation fold may have any size
-                x_t, y_t = as_tensors(X, y_idx.astype(np.int64), "X")
-                norms = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
-                drop = norms and len(X) > 1 and len(X) % int(self.bs) == 1
-                md = (ArrayLoader(x_t, y_t, int(self.bs), shuffle=True, drop_last=drop).to(device), None)
-                # seed: the shuffles, and the CPU step on torch's thread count, so an int random_state repeats
-                history = fit(module, md, int(self.epochs), opt, crit, verbose=bool(self.verbose), seed=seed)
-        except BaseException:
-            for name in ("n_features_in_", "feature_names_in_"):  # a failed fit does not look fitted
-                if hasattr(self, name):
-                    delattr(self, name)
-            raise
+        with torch.random.fork_rng(devices=[]):  # seed weights and shuffling; leave the caller's torch RNG alone
+            torch.manual_seed(seed)
+            module = self._build(X.shape[1], len(classes)).to(device)
+            crit = self._crit(module)
+            outputs = self._outputs_kind(module, crit)
+            self._check_outputs(module, outputs, X[:64], len(classes), crit, device)
+            opt_cls = OPTIMIZERS[self.opt.lower()] if isinstance(self.opt, str) else self.opt
+            opt = opt_cls(module.parameters(), lr=float(self.lr))
+            # loaders over the arrays as given: an sklearn estimator leaves scaling to a Pipeline. A
+            # last batch of 1 row is dropped (a different row each epoch) when BatchNorm could not train on it:
+            # a cross-validation fold may have any size
+            x_t, y_t = as_tensors(X, y_idx.astype(np.int64), "X")
+            norms = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+            drop = norms and len(X) > 1 and len(X) % int(self.bs) == 1
+            md = (ArrayLoader(x_t, y_t, int(self.bs), shuffle=True, drop_last=drop).to(device), None)
+            # seed: the shuffles, and the CPU step on torch's thread count, so an int random_state repeats
+            history = fit(module, md, int(self.epochs), opt, crit, verbose=bool(self.verbose), seed=seed)
         # set only once training succeeded, so a failed fit does not look fitted
         self.classes_, self.module_, self.crit_, self.outputs_, self.history_ = classes, module, crit, outputs, history
         return self
@@ -185,7 +190,9 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         crit = self.crit
         if crit is None:
             last = list(module.modules())[-1]
-            if isinstance(last, nn.Softmax):  # cross-entropy would apply a second softmax, and so would predict_proba
+            # a Sequential ending in Softmax: cross-entropy would apply a second softmax, and so would predict_proba
+            # (another module's last registered layer need not be the last one its forward calls)
+            if isinstance(module, nn.Sequential) and isinstance(last, nn.Softmax):
                 raise ValueError(f"the net ends in {last}: end it in nn.LogSoftmax(dim=1) (trained with NLLLoss), or "
                                  "drop it and let CrossEntropyLoss take the raw scores; predict_proba gives "
                                  "probabilities either way")

@@ -4,7 +4,6 @@ progress bar over the batches (a widget in Jupyter, one redrawn line on a termin
     h = fit(net, md, 3, metrics=[accuracy]); h["val_loss"]; h[-1]["accuracy"]; print(h)
 """
 import json
-import math
 import sys
 
 import numpy as np
@@ -102,8 +101,9 @@ def _table_row(r, keys):
             cells.append(f"{v:5d}")
         elif k == "time":
             cells.append(f"{f'{v:.2f}s':>{w}}")
-        elif isinstance(v, float):
-            cells.append(f"{v:{w}.4f}" if abs(v) < 1e5 or not math.isfinite(v) else f"{v:{w}.3g}")
+        elif isinstance(v, (float, np.floating)):
+            fixed = f"{float(v):.4f}"  # 4 decimals while they fit the column, else 3 significant digits
+            cells.append(f"{fixed:>{w}}" if len(fixed) <= w else f"{float(v):{w}.3g}")
         else:
             cells.append(f"{str(v):>{w}}")
     return "  ".join(cells)

@@ -144,7 +144,16 @@ def plot_history(history, figsize=(10, 4)):
         history = History(list(history))
     epochs = history["epoch"]
     skip = {"epoch", "trn_loss", "val_loss", "time", "lr"}
-    numeric = lambda v: v is None or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool))  # noqa: E731
+    def numeric(v):  # numbers, 0-d tensors and arrays (a callback's clip.norm); None is a gap
+        if v is None:
+            return True
+        if isinstance(v, (str, bool, bytes)):
+            return False
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            return False
+        return True
     # figures a callback added that are not numbers (a path, a note) have no curve
     metric_keys = [k for k in history.keys() if k not in skip and all(numeric(r.get(k)) for r in history.records)]
     fig = _figure(figsize)
@@ -156,7 +165,7 @@ def plot_history(history, figsize=(10, 4)):
     if metric_keys:
         ax2 = fig.add_subplot(1, 2, 2)
         for k in metric_keys:
-            ax2.plot(epochs, [np.nan if v is None else v for v in history[k]], "o-", label=k)
+            ax2.plot(epochs, [np.nan if v is None else float(v) for v in history[k]], "o-", label=k)
         ax2.set_xlabel("epoch"); ax2.set_ylabel("validation metric"); ax2.legend(); ax2.grid(alpha=0.3)
     fig.tight_layout()
     return fig

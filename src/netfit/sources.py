@@ -92,13 +92,13 @@ def read_table(path, label="label", required=True):
         raise DataError(f"{path} has a header but no rows; expected at least one")
     if not np.isfinite(x).all():  # "nan", "inf", or a number too large for float32: before any model trains
         r, c = np.argwhere(~np.isfinite(x))[0]
-        raise DataError(f"{path}: column {features[c]!r} holds {x[r, c]} on line {r + 2} ({int((~np.isfinite(x)).sum())} "
+        raise DataError(f"{path}: column {features[c]!r} holds {x[r, c]} in data row {r + 1} ({int((~np.isfinite(x)).sum())} "
                         "such cells); expected finite numbers: fill or drop the missing values first")
     if y is not None and y.dtype.kind in "USO":
         blank = np.array([str(v).strip() == "" for v in y])
         if blank.any():
-            raise DataError(f"{path}: the {label!r} column is empty on line {int(np.argmax(blank)) + 2} ({int(blank.sum())} "
-                            "such rows); expected a label on every row")
+            raise DataError(f"{path}: the {label!r} column is empty in data row {int(np.argmax(blank)) + 1} "
+                            f"({int(blank.sum())} such rows); expected a label on every row")
     if y is not None and y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
             bad = y[~(np.isfinite(y) & (y == np.round(y)))][0]
