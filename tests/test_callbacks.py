@@ -187,5 +187,9 @@ def test_torch_scheduler_warns_about_a_schedule_longer_than_the_fit():
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # laid out per epoch: as meant
-        fit(net, data, 3, opt, callbacks=[TorchScheduler(torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=3))],
+        fit(net, data, 3, opt, callbacks=[TorchScheduler(torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=3)),
+                                          TorchScheduler(torch.optim.lr_scheduler.StepLR(opt, 1))], verbose=False)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(FitError, match="laid out over 2 steps, 2 left.*3 more epochs"):  # torch would raise at epoch 3
+        fit(net, data, 3, opt, callbacks=[TorchScheduler(torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=2))],
             verbose=False)

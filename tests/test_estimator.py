@@ -164,8 +164,18 @@ def test_pipeline_cross_val_grid_search_and_voting_with_a_forest():
 def test_a_net_ending_in_softmax_is_refused_instead_of_softmaxed_twice():
     x, y = blobs()
     net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3), nn.Softmax(dim=1))
-    with pytest.raises(ValueError, match="ends in Softmax.*nn.LogSoftmax"):
+    with pytest.raises(ValueError, match="outputs are probabilities.*nn.LogSoftmax"):
         quick(module=net).fit(x, y)
+
+    class Wrapped(nn.Module):  # the Softmax inside a child: found by the outputs, not the layer list
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+    with pytest.raises(ValueError, match="outputs are probabilities"):
+        quick(module=Wrapped()).fit(x, y)
 
 
 def test_batchnorm_fits_a_fold_whose_size_leaves_one_row_in_the_last_batch():

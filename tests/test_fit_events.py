@@ -262,7 +262,9 @@ def test_save_best_after_early_stopping_saves_the_weights_of_the_epoch_it_names(
 @pytest.mark.parametrize("name, mode", [("val_mape", "min"), ("dice_loss", "min"), ("f1_loss", "min"),
                                         ("map", "max"), ("top_k_accuracy", "max"), ("val_acc", "max"),
                                         ("MulticlassAccuracy", "max"), ("MulticlassF1Score", "max"),
-                                        ("mAP50-95", "max"), ("mIoU", "max"), ("top5acc", "max")])
+                                        ("mAP50-95", "max"), ("mIoU", "max"), ("top5acc", "max"),
+                                        ("heatmap_mse", "min"), ("layer2_norm", "min"), ("auroc", "max"),
+                                        ("psnr", "max")])
 def test_auto_mode_reads_loss_and_error_names_as_lower_is_better(name, mode):
     assert EarlyStopping(monitor=name).tracker.mode == mode
 
@@ -279,6 +281,8 @@ def test_a_keras_style_monitor_name_is_refused_before_training_and_a_callbacks_f
         h = fit(m, md(), 2, callbacks=[Figures(acc_=[0.5, 0.6]), EarlyStopping("acc_"), EarlyStopping("time")],
                 verbose=False)
     assert h.info["early_stopping"]["monitor"] in ("acc_", "time")
+    with pytest.warns(UserWarning, match="did you mean 'val_loss'"):
+        fit(m, md(), 1, callbacks=[Figures(val_los=[0.5]), EarlyStopping("val_los")], verbose=False)
 
 
 def test_validation_and_the_lr_column_follow_a_loss_or_optimizer_a_callback_swapped_in():
@@ -307,15 +311,14 @@ def test_a_nan_loss_error_carries_the_history_of_the_epochs_before_it():
     assert e.value.history["epoch"] == [0]
 
 
-def test_an_early_stopped_fits_checkpoint_holds_the_best_weights(tmp_path):
-    from netfit.checkpoint import load_checkpoint
-    m = net()
-    seen = {}
-
-    class Keep(Callback):
-        def after_epoch(self, run):
-            seen[run.epoch] = {k: v.clone() for k, v in run.model.state_dict().items()}
-    fit(m, md(), 4, callbacks=[Keep(), Figures(val_loss=[1.0, 2.0, 3.0, 4.0]), EarlyStopping("val_loss", patience=2)],
-        checkpoint=tmp_path / "ckpt", verbose=False)
-    saved = load_checkpoint(tmp_path / "ckpt")["model"]
-    assert all(torch.equal(saved[k], v) for k, v in seen[0].items())
+def test_extending_a_finished_run_with_an_after_fit_callback_continues_it_as_one_run(tmp_path):
+    class Tidy(Callback):
+        def after_fit(self, run):
+            pass
+    whole = net()
+    h = fit(whole, md(), 4, callbacks=[EarlyStopping(patience=9), Tidy()], verbose=False, seed=0)
+    part = net()
+    fit(part, md(), 2, callbacks=[EarlyStopping(patience=9), Tidy()], checkpoint=tmp_path / "c", verbose=False, seed=0)
+    h2 = fit(part, md(), 4, callbacks=[EarlyStopping(patience=9), Tidy()], checkpoint=tmp_path / "c", resume=True,
+             verbose=False, seed=0)
+    assert h2["trn_loss"] == pytest.approx(h["trn_loss"], rel=1e-6)

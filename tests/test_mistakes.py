@@ -821,9 +821,9 @@ def test_several_inputs_or_outputs_get_netfits_own_error():
     from torch.utils.data import DataLoader, TensorDataset
     x1, x2, y = torch.randn(64, 3), torch.randn(64, 2), torch.randint(0, 2, (64,))
     net = nn.Linear(3, 2)
-    with pytest.raises(DataError, match="a batch holds 3 tensors whose last looks like the labels"):  # y read from x2
-        fit(net, (DataLoader(TensorDataset(x1, x2, y), batch_size=16), None), 1, verbose=False)
-    fit(net, (DataLoader(TensorDataset(x1, y, torch.rand(64)), batch_size=16), None), 1, verbose=False)  # (x, y, w)
+    for extra in (TensorDataset(x1, x2, y), TensorDataset(x1, y, torch.rand(64))):  # y read from x2; w ignored
+        with pytest.raises(DataError, match="a batch holds 3 tensors"):
+            fit(net, (DataLoader(extra, batch_size=16), None), 1, verbose=False)
     with pytest.raises(DataError, match="inputs are a list, not a tensor"):
         predict(net, DataLoader(list(zip(zip(x1, x2), y)), batch_size=16))
 

@@ -7,6 +7,7 @@ Each is a small class with methods named after `fit`'s events; none is on unless
 that write files do so on rank 0 only, so they work unchanged under torchrun.
 """
 import csv
+import difflib
 import math
 from pathlib import Path
 
@@ -19,17 +20,17 @@ from .fit import CancelFit, Callback
 __all__ = ["EarlyStopping", "SaveBest", "GradientClip", "CSVLogger", "TensorBoard", "TorchScheduler"]
 
 
-_HIGHER_IS_BETTER = ("acc", "auc", "f1", "fbeta", "precision", "recall", "r2", "dice", "iou", "map")
+_LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "mape", "norm", "perplexity")
+_HIGHER_IS_BETTER = ("acc", "auc", "auroc", "f1", "fbeta", "precision", "recall", "specificity", "sensitivity", "r2",
+                     "dice", "iou", "map", "mcc", "psnr", "ssim", "bleu")
 
 
 def _higher_is_better(name):
-    """Keras's "auto": scores are maximised (the name holds one: MulticlassAccuracy, mAP50, mIoU),
-    losses and errors (any name holding "loss" or "error", such as dice_loss) and everything else
-    (mse, mape) minimised."""
+    """Keras's "auto": names holding a loss or an error (dice_loss, error_rate, heatmap_mse, mape) are
+    minimised, scores (MulticlassAccuracy, mAP50, mIoU, auroc) maximised, anything else minimised."""
     name = name.lower()
-    if "loss" in name or "error" in name:
+    if any(k in name for k in _LOWER_IS_BETTER):
         return False
-    name = name.replace("mape", "")  # mean absolute percentage error, not mean average precision
     return any(k in name for k in _HIGHER_IS_BETTER)
 
 
@@ -56,11 +57,18 @@ class _Monitor:
             raise FitError(f"{self.owner} monitors {self.monitor!r}, a validation figure, but fit has no validation "
                            "data; pass a val set, or monitor='trn_loss'")
         known = ["trn_loss", "lr", "time"] + validation
+        if self.monitor in known:
+            return
         keras = self.monitor[4:] if self.monitor.startswith("val_") else None  # Keras: val_accuracy, val_acc
         named = [k for k in known if keras and (k == keras or (keras == "acc" and k == "accuracy"))]
-        if self.monitor not in known and named:  # other names may be figures a callback adds to run.record
+        if named:
             raise FitError(f"{self.owner} monitors {self.monitor!r}: fit names the validation figures without "
                            f"Keras's val_ prefix; use monitor={named[0]!r} (the figures: {known})")
+        # other names may be figures a callback adds to run.record; one close to fit's own is likely a typo
+        close = ["trn_loss"] if self.monitor == "loss" else difflib.get_close_matches(self.monitor, known, 1, 0.75)
+        if close:
+            _warn(f"{self.owner} monitors {self.monitor!r}, which fit does not record: did you mean {close[0]!r}? "
+                  f"(fit records {known}; a callback may add other figures to run.record)")
 
     def value(self, run):
         if self.monitor not in run.record:
@@ -315,11 +323,17 @@ class TorchScheduler(Callback):
         self.scheduler, self.monitor = scheduler, monitor
 
     def before_fit(self, run):
-        steps = getattr(self.scheduler, "total_steps", None) or getattr(self.scheduler, "total_size", None)
-        if steps is not None and steps > run.epochs:  # OneCycleLR, CyclicLR: laid out in batches, stepped per epoch
-            _warn(f"{type(self.scheduler).__name__} is laid out over {steps} steps and TorchScheduler steps it once per "
-                  f"epoch, {run.epochs} times: it will not reach its end; for a per-batch schedule use "
-                  "fit(..., schedule=one_cycle(max_lr)) (or cosine)")
+        name = type(self.scheduler).__name__
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):  # a fixed length, in steps
+            left = self.scheduler.total_steps - self.scheduler.last_epoch
+            if run.epochs - len(run.history) > left:  # torch raises once it is stepped past its end
+                raise FitError(f"{name} is laid out over {self.scheduler.total_steps} steps, {left} left, and this fit "
+                               f"steps it once per epoch for {run.epochs - len(run.history)} more epochs; build it with "
+                               "total_steps=epochs, or use fit(..., schedule=one_cycle(max_lr)) for a per-batch schedule")
+            if left > run.epochs - len(run.history):
+                _warn(f"{name} is laid out over {self.scheduler.total_steps} steps and TorchScheduler steps it once per "
+                      f"epoch, {run.epochs} times: it will not reach its end; for a per-batch schedule use "
+                      "fit(..., schedule=one_cycle(max_lr)) (or cosine)")
         if self.scheduler.optimizer is not run.opt:
             raise FitError(f"the {type(self.scheduler).__name__} was built for another optimizer than the one fit "
                            "trains with; build it from the same opt")

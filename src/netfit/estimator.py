@@ -190,12 +190,6 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         crit = self.crit
         if crit is None:
             last = list(module.modules())[-1]
-            # a Sequential ending in Softmax: cross-entropy would apply a second softmax, and so would predict_proba
-            # (another module's last registered layer need not be the last one its forward calls)
-            if isinstance(module, nn.Sequential) and isinstance(last, nn.Softmax):
-                raise ValueError(f"the net ends in {last}: end it in nn.LogSoftmax(dim=1) (trained with NLLLoss), or "
-                                 "drop it and let CrossEntropyLoss take the raw scores; predict_proba gives "
-                                 "probabilities either way")
             return nn.NLLLoss() if isinstance(last, nn.LogSoftmax) else nn.CrossEntropyLoss()
         if isinstance(crit, type):
             return crit()
@@ -226,6 +220,14 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         if out.ndim != 2 or out.shape[1] != n_classes:
             raise ValueError(f"the module gives outputs of shape {tuple(out.shape)} for {len(X)} rows; expected "
                              f"({len(X)}, {n_classes}), one score per class of y")
+        if outputs == "logits" and isinstance(crit, nn.CrossEntropyLoss) and n_classes > 1 and len(out) > 1 \
+                and bool((out >= 0).all()) and torch.allclose(out.double().sum(1), torch.ones(len(out), dtype=torch.double),
+                                                              atol=1e-4):
+            # probabilities (a Softmax at the end, wherever it is registered): cross-entropy would apply a second
+            # softmax, and so would predict_proba
+            raise ValueError("the module's outputs are probabilities (rows >= 0 summing to 1): end it in "
+                             "nn.LogSoftmax(dim=1) (trained with NLLLoss), or drop the Softmax and let CrossEntropyLoss "
+                             "take the raw scores; predict_proba gives probabilities either way")
         if outputs == "log_probs":
             sums = out.double().exp().sum(1)
             if not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):

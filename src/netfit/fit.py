@@ -186,12 +186,10 @@ def _loaders(data):
 
 def _batch(b, device):
     if isinstance(b, (tuple, list)):  # (x, y), or [x] from a DataLoader over TensorDataset(x)
-        if (len(b) > 2 and isinstance(b[1], torch.Tensor) and b[1].is_floating_point()
-                and isinstance(b[-1], torch.Tensor) and not b[-1].is_floating_point()):
-            # TensorDataset(x1, x2, y): x2 would be taken for the labels ((x, y, weights) batches are fine)
-            raise DataError(f"a batch holds {len(b)} tensors whose last looks like the labels; fit and predict take "
-                            "(x, y) batches (x, y, ... extras are ignored): for a model of several inputs, stack them "
-                            "into one tensor and split it in forward")
+        if len(b) > 2:  # TensorDataset(x1, x2, y) would train on x2 as the labels, (x, y, w) without its weights
+            raise DataError(f"a batch holds {len(b)} tensors; fit and predict take (x, y) batches (or x alone): for a "
+                            "model of several inputs, stack them into one tensor and split it in forward; per-row "
+                            "weights or indices have no place in a batch here")
         xb, yb = (b[0], b[1]) if len(b) > 1 else (b[0], None)
     else:
         xb, yb = b, None
@@ -346,7 +344,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if deterministic:
         torch.use_deterministic_algorithms(True)
-    started = ended = boundary = False
+    started = ended = False
     try:
         try:
             emit("before_fit")
@@ -357,7 +355,6 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                 progress.start_epoch(_n_batches(trn_dl, rank, world), f"epoch {epoch}")
                 try:
                     emit("before_epoch")
-                    boundary = False  # training this epoch: the weights are between checkpoints until it is recorded
                     if graphed is not None and (resume_at is None or resume_at["batch"] == 0):
                         with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
                             run.record["trn_loss"] = _train_epoch_graphed(run, trn_dl, emit, progress, graphed)
@@ -383,7 +380,6 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                 if world > 1:  # a CancelFit on one rank stops them all: the others would wait in its all-reduces
                     cancelled = dist_all_reduce_sum(torch.tensor([float(cancelled)], device=device)).item() > 0
                 history.append(run.record)
-                boundary = True
                 progress.write(_table_row(run.record, keys))
                 if checkpoint is not None:
                     _save(run, epoch + 1, 0, None, None)
@@ -396,8 +392,6 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
             emit("after_fit")
         except CancelFit:
             pass
-        if checkpoint is not None and handlers["after_fit"] and boundary:  # stopped between epochs:
-            _save(run, history[-1]["epoch"] + 1, 0, None, None)  # the weights it ends with (EarlyStopping's best)
     finally:
         if started and not ended:  # an error or Ctrl-C: the callbacks still tidy up (a schedule's rates back)
             _after_fit_anyway(handlers["after_fit"], run)
