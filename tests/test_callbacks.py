@@ -99,6 +99,8 @@ def test_csv_logger_writes_each_epoch(small_md, tmp_path):
     assert {"trn_loss", "accuracy", "time", "lr"} <= set(rows[0])
     fit(net, small_md, 1, callbacks=[CSVLogger(path)], verbose=False)  # a fresh fit starts a fresh file
     assert len(list(csv.DictReader(open(path)))) == 1
+    fit(net, small_md, 2, callbacks=[CSVLogger(path, append=True)], verbose=False)  # Keras's append=True
+    assert [r["epoch"] for r in csv.DictReader(open(path))] == ["0", "0", "1"]
 
 
 def test_tensorboard_logs_scalars(small_md, tmp_path):

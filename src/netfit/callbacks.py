@@ -228,22 +228,23 @@ class GradientClip(Callback):
 class CSVLogger(Callback):
     """Append each epoch's record (epoch, losses, metrics, time, lr) as a row of a CSV file.
 
-    A fresh `fit` starts the file anew; a resumed one appends to it.
+    A fresh `fit` starts the file anew, unless `append=True` (as Keras's CSVLogger: a second fit's rows
+    follow the first's, under the same header); a resumed one appends to it.
 
     Example:
         >>> import tempfile, os
         >>> log = CSVLogger(os.path.join(tempfile.mkdtemp(), "log.csv"))
     """
 
-    def __init__(self, path):
-        self.path, self.keys = Path(path), None
+    def __init__(self, path, append=False):
+        self.path, self.append, self.keys = Path(path), append, None
 
     def before_fit(self, run):
         if run.rank != 0:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.keys = None
-        if not run.history.records or not self.path.exists():
+        if (not run.history.records and not self.append) or not self.path.exists() or not self.path.stat().st_size:
             self.path.write_text("")
         else:
             with open(self.path, newline="") as f:
