@@ -221,3 +221,9 @@ def test_mistakes_are_refused_before_any_training(small, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(DataError, match="CUDA is not available"):
             compare(["forest", "logreg"], (x, y), quick=True, verbose=False, device="cuda")
+
+
+def test_bool_labels_are_classes_0_and_1():
+    x = np.random.default_rng(0).random((60, 4))
+    splits, classes, _ = load_split((x, x[:, 0] > 0.5))
+    assert classes == ["0", "1"] and set(splits["train"][1].tolist()) == {0, 1}

@@ -94,6 +94,8 @@ def load_split(data, valid=None, test=None, *, classes=None, valid_frac=0.2, see
                 raise DataError(f"{k} labels must be integers in [0, {len(names)}) to index classes; got "
                                 f"{y.dtype} from {y.min()} to {y.max()}")
         return {k: (x, y.astype(np.int64)) for k, (x, y) in splits.items()}, names, source
+    ys = [y.astype(np.int64) if y.dtype.kind == "b" else y for y in ys]  # False/True: classes 0 and 1
+    splits = {k: (x, y) for (k, (x, _)), y in zip(splits.items(), ys)}
     kinds = {y.dtype.kind for y in ys}
     if kinds - set("iuUSO"):
         raise DataError(f"labels must be integers or class names; got {', '.join(str(y.dtype) for y in ys)}"
