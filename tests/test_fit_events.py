@@ -322,3 +322,12 @@ def test_extending_a_finished_run_with_an_after_fit_callback_continues_it_as_one
     h2 = fit(part, md(), 4, callbacks=[EarlyStopping(patience=9), Tidy()], checkpoint=tmp_path / "c", resume=True,
              verbose=False, seed=0)
     assert h2["trn_loss"] == pytest.approx(h["trn_loss"], rel=1e-6)
+
+
+def test_a_resumed_fit_keeps_what_early_stopping_and_save_best_reported(tmp_path):
+    from netfit import SaveBest
+    m = net()
+    cbs = lambda: [EarlyStopping(patience=5), SaveBest(tmp_path / "best")]  # noqa: E731
+    h1 = fit(m, md(), 2, callbacks=cbs(), checkpoint=tmp_path / "c", verbose=False)
+    h2 = fit(m, md(), 2, callbacks=cbs(), checkpoint=tmp_path / "c", resume=True, verbose=False)  # nothing left
+    assert h2.info["early_stopping"] == h1.info["early_stopping"] and h2.info["save_best"] == h1.info["save_best"]

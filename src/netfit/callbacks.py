@@ -121,9 +121,13 @@ class EarlyStopping(Callback):
 
     def before_fit(self, run):
         self.tracker.check(run)
+        m = self.tracker
         if not run.history.records:  # a fresh run; a resumed one keeps what load_state_dict gave it
-            self.tracker.best = self.tracker.best_epoch = self.best_weights = None
+            m.best = m.best_epoch = self.best_weights = None
             self.wait, self.stop = 0, False
+        elif m.best is not None:  # and says so in the History, as the run it continues did
+            run.history.info["early_stopping"] = {"monitor": m.monitor, "best": m.best, "best_epoch": m.best_epoch,
+                                                  "stopped_after": run.history[-1]["epoch"] if self.stop else None}
 
     def before_epoch(self, run):
         if self.stop:
@@ -179,8 +183,12 @@ class SaveBest(Callback):
 
     def before_fit(self, run):
         self.tracker.check(run)
+        m = self.tracker
         if not run.history.records:
-            self.tracker.best = self.tracker.best_epoch = None
+            m.best = m.best_epoch = None
+        elif m.best is not None:  # resumed: the History says what was saved, as the run it continues did
+            run.history.info["save_best"] = {"path": str(self.path), "monitor": m.monitor, "best": m.best,
+                                             "epoch": m.best_epoch}
 
     def after_epoch(self, run):
         from .export import save
