@@ -216,7 +216,8 @@ def _check_outputs(model, crit, out):
     """FitError when NLL loss gets outputs that cannot be log-probabilities: any output above 0 (raw
     scores, probabilities), a final LogSoftmax over another dimension or any log-softmax over the batch
     (columns that sum to 1), a final LogSigmoid; these train to nonsense, silently. A warning when
-    cross-entropy gets probabilities: it applies a softmax itself, so the model's Softmax is applied twice. `out`: the model's outputs for a few training rows, (n, C)."""
+    cross-entropy gets probabilities: it applies a softmax itself, so the model's Softmax is applied twice.
+    `out`: the model's outputs for a few training rows, (n, C)."""
     kind = _class_loss(crit)
     if kind is None or not isinstance(out, torch.Tensor) or out.ndim != 2 or not out.is_floating_point():
         return
@@ -323,7 +324,7 @@ def _shape_error(model, xb, e, what, last=None):
     elif isinstance(first, nn.Conv2d) and xb.ndim == 4 and xb.shape[-1] == first.in_channels != xb.shape[1]:
         expects += (f"; the images look channels-last (N, H, W, C): put channels first with "
                     "x.transpose(0, 3, 1, 2) (numpy) or x.permute(0, 3, 1, 2) (torch)")
-    if isinstance(first, nn.Conv2d) and xb.ndim == 3 and first.in_channels == 1:  # torch read each as one unbatched image
+    if isinstance(first, nn.Conv2d) and xb.ndim == 3 and first.in_channels == 1:  # each read as one unbatched image
         expects += "; the images have no channel axis: give them one with x[:, None], shape (N, 1, H, W)"
     return DataError(f"{what} rows have shape {tuple(xb.shape[1:])}, which the model cannot take{expects} "
                      f"({str(e).splitlines()[0][:200]})")

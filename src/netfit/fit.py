@@ -138,7 +138,8 @@ def _group_rates(groups, lr):
         return rates
     if per_layer and len(rates) == n:
         return [rates[i] for i in layer]
-    raise ValueError(f"got {len(rates)} learning rates for {len(groups)} param groups" + (f" ({n} layers)" if per_layer else ""))
+    raise ValueError(f"got {len(rates)} learning rates for {len(groups)} param groups"
+                     + (f" ({n} layers)" if per_layer else ""))
 
 
 def set_lrs(opt, lr):
