@@ -96,9 +96,9 @@ class EarlyStopping(Callback):
 
     Args:
         monitor: an epoch figure: "val_loss", "trn_loss" or a metric's name ("accuracy").
-        mode: "min", "max", or "auto" (max for scores: a word of the name starting with acc, auc, f1,
-            precision, recall, r2, dice or iou, or the word map; min for names with loss or error and
-            everything else, such as mse and mape).
+        mode: "min", "max", or "auto" (min for names holding loss, error, mse, mae, mape or norm; max
+            for names holding a score: acc, auc, f1, precision, recall, r2, dice, iou, map...; min for
+            everything else).
         patience: epochs without improvement to wait. min_delta: smallest change that counts.
         restore_best: load the weights of the best epoch when training ends, stopped early or not
             (Keras leaves the last ones by default; this does not).
@@ -126,8 +126,7 @@ class EarlyStopping(Callback):
             m.best = m.best_epoch = self.best_weights = None
             self.wait, self.stop = 0, False
         elif m.best is not None:  # and says so in the History, as the run it continues did
-            run.history.info["early_stopping"] = {"monitor": m.monitor, "best": m.best, "best_epoch": m.best_epoch,
-                                                  "stopped_after": run.history[-1]["epoch"] if self.stop else None}
+            self._report(run, run.history[-1]["epoch"] if self.stop else None)
 
     def before_epoch(self, run):
         if self.stop:
@@ -142,11 +141,14 @@ class EarlyStopping(Callback):
                 self.best_weights = _weights(run.model)
         else:
             self.wait += 1
-        run.history.info["early_stopping"] = {"monitor": m.monitor, "best": m.best, "best_epoch": m.best_epoch,
-                                              "stopped_after": None}
         if not improved and self.wait >= self.patience and run.epoch + 1 < run.epochs:
             self.stop = True  # the best weights come back in after_fit: later callbacks (SaveBest) see this epoch's
-            run.history.info["early_stopping"]["stopped_after"] = run.epoch
+        self._report(run, run.epoch if self.stop else None)
+
+    def _report(self, run, stopped_after):
+        m = self.tracker
+        run.history.info["early_stopping"] = {"monitor": m.monitor, "best": m.best, "best_epoch": m.best_epoch,
+                                              "stopped_after": stopped_after}
 
     def after_fit(self, run):
         self._restore(run)
@@ -187,8 +189,7 @@ class SaveBest(Callback):
         if not run.history.records:
             m.best = m.best_epoch = None
         elif m.best is not None:  # resumed: the History says what was saved, as the run it continues did
-            run.history.info["save_best"] = {"path": str(self.path), "monitor": m.monitor, "best": m.best,
-                                             "epoch": m.best_epoch}
+            self._report(run)
 
     def after_epoch(self, run):
         from .export import save
@@ -197,8 +198,12 @@ class SaveBest(Callback):
             m.best_epoch = run.epoch
             if run.rank == 0:
                 save(run.model, self.path, **self.export_kwargs)
-            run.history.info["save_best"] = {"path": str(self.path), "monitor": m.monitor, "best": m.best,
-                                             "epoch": m.best_epoch}
+            self._report(run)
+
+    def _report(self, run):
+        m = self.tracker
+        run.history.info["save_best"] = {"path": str(self.path), "monitor": m.monitor, "best": m.best,
+                                         "epoch": m.best_epoch}
 
     def state_dict(self):
         return {"best": self.tracker.best, "best_epoch": self.tracker.best_epoch}
@@ -334,17 +339,17 @@ class TorchScheduler(Callback):
     def before_fit(self, run):
         name = type(self.scheduler).__name__
         if isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR):  # a fixed length, in steps
-            left = self.scheduler.total_steps - self.scheduler.last_epoch
-            if run.epochs - len(run.history) > left:  # torch raises once it is stepped past its end
+            left, epochs = self.scheduler.total_steps - self.scheduler.last_epoch, run.epochs - len(run.history)
+            if epochs > left:  # torch raises once it is stepped past its end
                 raise FitError(f"{name} is laid out over {self.scheduler.total_steps} steps, {left} left, and this fit "
-                               f"steps it once per epoch for {run.epochs - len(run.history)} more epochs; build it with "
+                               f"steps it once per epoch for {epochs} more epochs; build it with "
                                "total_steps=epochs, or use fit(..., schedule=one_cycle(max_lr)) for a per-batch schedule")
-            if left > run.epochs - len(run.history):
+            if left > epochs:
                 _warn(f"{name} is laid out over {self.scheduler.total_steps} steps and TorchScheduler steps it once per "
                       f"epoch, {run.epochs} times: it will not reach its end; for a per-batch schedule use "
                       "fit(..., schedule=one_cycle(max_lr)) (or cosine)")
         if self.scheduler.optimizer is not run.opt:
-            raise FitError(f"the {type(self.scheduler).__name__} was built for another optimizer than the one fit "
+            raise FitError(f"the {name} was built for another optimizer than the one fit "
                            "trains with; build it from the same opt")
 
     def after_epoch(self, run):

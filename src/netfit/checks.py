@@ -18,12 +18,15 @@ class FitError(TypeError):
     """`fit` was called with arguments it cannot use; the message says which and why."""
 
 
+_ORDER = ("the order is fit(net, md, epochs, opt, crit, metrics), optimizer before loss; or name them: "
+          "fit(net, md, 1, opt=..., crit=...)")
+
+
 def _check_args(crit, metrics, callbacks, checkpoint_every, events=()):
     """FitError for a loss, metrics, callbacks or checkpoint interval `fit` cannot use; a warning for a
     callback method that looks like an event but is not one of `events` (so would never be called)."""
     if isinstance(crit, torch.optim.Optimizer):
-        raise FitError(f"crit got an optimizer ({type(crit).__name__}): the order is fit(net, md, epochs, opt, crit, "
-                       "metrics), optimizer before loss; or name them: fit(net, md, 1, opt=..., crit=...)")
+        raise FitError(f"crit got an optimizer ({type(crit).__name__}): {_ORDER}")
     if crit is not None and (isinstance(crit, type) or not callable(crit)):
         given = f"the class {crit.__name__}" if isinstance(crit, type) else f"{type(crit).__name__} {crit!r}"
         raise FitError(f"crit must be a loss such as nn.NLLLoss() (an instance) or F.nll_loss; got {given}")
@@ -332,8 +335,7 @@ def _shape_error(model, xb, e, what, last=None):
 
 def _check_opt(model, opt):
     if isinstance(opt, nn.modules.loss._Loss) or opt in _ELEMENTWISE_F or opt in (F.nll_loss, F.cross_entropy):
-        raise FitError(f"opt got a loss ({getattr(opt, '__name__', type(opt).__name__)}): the order is fit(net, md, "
-                       "epochs, opt, crit, metrics), optimizer before loss; or name them: fit(net, md, 1, opt=..., crit=...)")
+        raise FitError(f"opt got a loss ({getattr(opt, '__name__', type(opt).__name__)}): {_ORDER}")
     if not isinstance(opt, torch.optim.Optimizer):
         raise FitError(f"opt must be a torch.optim.Optimizer such as optim.Adam(net.parameters()); got "
                        + (f"the class {opt.__name__}" if isinstance(opt, type) else type(opt).__name__))

@@ -105,8 +105,7 @@ def as_tensors(x, y=None, name="x", n_classes=None):
             raise DataError(f"{yname} could not be read as an array (expected one label per row): {e}") from None
         if y.dtype.kind not in "biu":
             raise DataError(f"{yname} must hold integer class labels; got {_describe(y)}" + _label_hint(y, yname))
-        y = np.ascontiguousarray(y, dtype=np.int64)
-        y = torch.from_numpy(y if y.flags.writeable else y.copy())  # read-only (pandas): torch would warn
+        y = torch.from_numpy(np.require(y, np.int64, ["C", "W"]))  # read-only (pandas) copied: torch would warn
     else:
         if y.is_floating_point() or y.is_complex():
             raise DataError(f"{yname} must hold integer class labels; got {_describe(y)}"
@@ -188,9 +187,8 @@ def _tensor(a):
     if isinstance(a, torch.Tensor):
         return a
     a = np.asarray(a)
-    if a.dtype.kind in "fiub":
-        a = a.astype(np.float32 if a.dtype.kind == "f" else np.int64, copy=False)
-    return torch.from_numpy(a if a.flags.writeable else a.copy())
+    dtype = {"f": np.float32, "i": np.int64, "u": np.int64, "b": np.int64}.get(a.dtype.kind)
+    return torch.from_numpy(np.require(a, dtype, ["W"]))
 
 
 class ArrayLoader:
@@ -214,7 +212,7 @@ class ArrayLoader:
             raise DataError(f"batch size must be a positive integer; got {bs!r}")
         self.x, self.y, self.bs = _tensor(x), None if y is None else _tensor(y), bs
         self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
-        self.dataset = ArrayDataset(x, y)
+        self.dataset = ArrayDataset(self.x, self.y)
 
     @property
     def device(self):

@@ -174,30 +174,31 @@ def _loaders(data):
     if hasattr(data, "trn_dl"):
         return data.trn_dl, getattr(data, "val_dl", None)
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        if isinstance(data[0], (np.ndarray, torch.Tensor)) and isinstance(data[1], (np.ndarray, torch.Tensor)):
-            raise FitError("data is an (x, y) pair of arrays; fit takes loaders: wrap the arrays first, "
-                           "md = ImageClassifierData.from_arrays(path, (x, y), (x_valid, y_valid)), then fit(net, md, ...)")
-        if any(isinstance(d, (tuple, list)) and d and isinstance(d[0], (np.ndarray, torch.Tensor)) for d in data):
-            raise FitError("data is a pair of (x, y) array pairs; fit takes loaders: wrap the arrays first, "
-                           "md = ImageClassifierData.from_arrays(path, (x, y), (x_valid, y_valid)), then fit(net, md, ...)")
+        array = lambda a: isinstance(a, (np.ndarray, torch.Tensor))  # noqa: E731
+        what = ("an (x, y) pair of arrays" if all(map(array, data)) else "a pair of (x, y) array pairs"
+                if any(isinstance(d, (tuple, list)) and d and array(d[0]) for d in data) else None)
+        if what:
+            raise FitError(f"data is {what}; fit takes loaders: wrap the arrays first, md = "
+                           "ImageClassifierData.from_arrays(path, (x, y), (x_valid, y_valid)), then fit(net, md, ...)")
         return data[0], data[1]
     raise FitError(f"data must have trn_dl/val_dl (e.g. ImageClassifierData) or be a (trn_dl, val_dl) "
                    f"pair; got {type(data).__name__}")
 
 
+_ONE_INPUT = "for a model of several inputs, stack them into one tensor and split it in forward"
+
+
 def _batch(b, device):
     if isinstance(b, (tuple, list)):  # (x, y), or [x] from a DataLoader over TensorDataset(x)
         if len(b) > 2:  # TensorDataset(x1, x2, y) would train on x2 as the labels, (x, y, w) without its weights
-            raise DataError(f"a batch holds {len(b)} tensors; fit and predict take (x, y) batches (or x alone): for a "
-                            "model of several inputs, stack them into one tensor and split it in forward; per-row "
-                            "weights or indices have no place in a batch here")
+            raise DataError(f"a batch holds {len(b)} tensors; fit and predict take (x, y) batches (or x alone): "
+                            f"{_ONE_INPUT}; per-row weights or indices have no place in a batch here")
         xb, yb = (b[0], b[1]) if len(b) > 1 else (b[0], None)
     else:
         xb, yb = b, None
     if not isinstance(xb, torch.Tensor):
         raise DataError(f"a batch's inputs are a {type(xb).__name__}, not a tensor; fit and predict take one input "
-                        "tensor per batch: for a model of several inputs, stack them into one tensor and split it "
-                        "in forward")
+                        f"tensor per batch: {_ONE_INPUT}")
     if xb.device != device:
         xb = xb.to(device, non_blocking=True)
         yb = yb.to(device, non_blocking=True) if yb is not None else None

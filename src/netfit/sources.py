@@ -90,10 +90,11 @@ def read_table(path, label="label", required=True):
         x, y = _read_csv_slow(path, header, li)
     if len(x) == 0:
         raise DataError(f"{path} has a header but no rows; expected at least one")
-    if not np.isfinite(x).all():  # "nan", "inf", or a number too large for float32: before any model trains
-        r, c = np.argwhere(~np.isfinite(x))[0]
-        raise DataError(f"{path}: column {features[c]!r} holds {x[r, c]} in data row {r + 1} ({int((~np.isfinite(x)).sum())} "
-                        "such cells); expected finite numbers: fill or drop the missing values first")
+    bad = ~np.isfinite(x)  # "nan", "inf", or a number too large for float32: before any model trains
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(f"{path}: column {features[c]!r} holds {x[r, c]} in data row {r + 1} ({int(bad.sum())} such "
+                        "cells); expected finite numbers: fill or drop the missing values first")
     if y is not None and y.dtype.kind in "USO":
         blank = np.array([str(v).strip() == "" for v in y])
         if blank.any():
