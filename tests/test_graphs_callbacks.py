@@ -1,4 +1,4 @@
-"""The graphed training path (graphs.py, fit._train_epoch_graphed) against the eager loop where
+"""The graphed training path (graphs.py, fit._train_epoch_fast) against the eager loop where
 callbacks change the batch, cancel, or make the graph give up mid-epoch. CPU tests use the static-buffer stand-in (graphs._STATIC_ON_CPU), like
 tests/test_graphs.py; the `gpu` tests need a real capture and are skipped without CUDA."""
 import importlib

@@ -852,3 +852,84 @@ def test_a_custom_cnn_on_images_without_a_channel_axis_is_told_x_none():
     md = ImageClassifierData.from_arrays(".", (x, Y[:64]), (x, Y[:64]), device="cpu")
     with pytest.raises(DataError, match=r"no channel axis: give them one with x\[:, None\]"):
         fit(net, md, 1, verbose=False)
+
+
+def test_the_lessons_log_softmax_without_dim_gets_one_note_not_torchs_warning_mid_table():
+    def lesson():
+        md = md_of()
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10), nn.LogSoftmax())  # as the lesson writes it
+        fit(net, md, 2, optim.Adam(net.parameters()), nn.NLLLoss(), [accuracy], verbose=False)
+        return predict(net, md.val_dl)
+    messages, preds = warned(lesson)
+    assert len(messages) == 2 and all("nn.LogSoftmax() (layer '3') has no dim" in m for m in messages), messages
+    assert np.allclose(np.exp(preds).sum(1), 1, atol=1e-5)  # dim 1, the classes
+
+
+def test_epochs_zero_says_nothing_is_trained():
+    net = lesson_net()
+    messages, h = warned(lambda: fit(net, md_of(), 0, optim.Adam(net.parameters()), verbose=False))
+    assert len(h) == 0 and any("epochs=0: nothing to train" in m for m in messages), messages
+
+
+def test_plots_refuses_rows_of_model_outputs_as_titles():
+    from netfit import plots
+    preds = predict(lesson_net(), XN[:8])
+    with pytest.raises(ValueError, match=r"titles are rows of 10 numbers .*preds.argmax\(1\)"):
+        plots(X[:8].reshape(-1, 28, 28), titles=preds)
+    plots(X[:8].reshape(-1, 28, 28), titles=np.stack([preds.argmax(1), Y[:8]], 1))  # (pred, actual) pairs draw
+
+
+class BlowUpAt(Callback):
+    """Multiplies the weights by 1e30 after batch `at` (a diverging fit, made exact)."""
+    def __init__(self, at):
+        self.at = at
+
+    def after_batch(self, run):
+        if run.batch == self.at:
+            with torch.no_grad():
+                for p in run.model.parameters():
+                    p.mul_(1e30)
+
+
+@pytest.mark.parametrize("fast", [True, False])  # the CPU's written-out step and autograd's loop
+def test_a_diverged_net_fitted_again_is_told_to_be_rebuilt(fast):
+    from netfit import NonFiniteLossError
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10), nn.LogSoftmax(dim=1))
+    md = md_of()
+    with pytest.raises(NonFiniteLossError) as e:
+        fit(net, md, 1, optim.SGD(net.parameters(), 0.1), callbacks=[BlowUpAt(1)], verbose=False, fast=fast)
+    first = str(e.value)
+    assert "batch 2 (optimizer step 2)" in first and "The weights are left as that step found them" in first, first
+    assert "build the model and its optimizer again" in first and "sys.last_value.history" in first
+    with pytest.raises(NonFiniteLossError) as e:  # a lower rate cannot help now
+        fit(net, md, 1, optim.SGD(net.parameters(), 1e-4), verbose=False, fast=fast)
+    again = str(e.value)
+    assert "batch 0 (optimizer step 0)" in again and "before this fit updated anything" in again, again
+    assert "already blown up (largest |weight|" in again and "Try a lower" not in again
+
+
+def test_a_nan_from_the_forward_at_the_first_step_points_at_inputs_and_forward():
+    from netfit import NonFiniteLossError
+
+    class LogOfScores(nn.Module):  # log of raw scores: NaN wherever a score is negative
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(784, 10)
+
+        def forward(self, x):
+            return torch.log(torch.softmax(self.lin(x), 1) - 0.5)
+    torch.manual_seed(0)
+    net = LogOfScores()
+    with pytest.raises(NonFiniteLossError, match="before this fit updated anything .*the inputs or the model's forward"):
+        fit(net, md_of(), 1, optim.Adam(net.parameters()), nn.NLLLoss(), verbose=False)
+
+
+def test_epochs_given_an_optimizer_names_the_argument_order():
+    from netfit import FitError
+    net = lesson_net()
+    opt = optim.Adam(net.parameters())
+    with pytest.raises(FitError, match=r"got Adam in its place: the order is fit\(net, md, epochs, opt, crit") as e:
+        fit(net, md_of(), opt, 1, nn.NLLLoss())
+    assert "\n" not in str(e.value)  # not the optimizer's 14-line repr

@@ -2,7 +2,9 @@
 mistake gets one sentence naming what was expected and what was given instead of an error deep in
 torch (or, on CUDA, an opaque device-side assert). Also the default loss for a model.
 """
+import contextlib
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -300,6 +302,28 @@ def _forward_one(model, xb, what):
         for h in hooks:
             h.remove()
         model.train(was_training)
+
+
+def _implicit_dim_note(model):
+    """A context to run the model in (`fit`, `predict`): when a Softmax-like layer has no `dim` (the lesson's
+    `nn.LogSoftmax()`), one note now says which dim PyTorch takes, and PyTorch's own deprecation warning,
+    which comes again from each new call site (in `fit`, in the middle of the table), is held back."""
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)) and m.dim is None]
+    if not layers:
+        return contextlib.nullcontext()
+    name, layer = layers[0]
+    kind = type(layer).__name__
+    _warn(f"nn.{kind}() (layer {name!r}) has no dim: for (N, C) outputs PyTorch takes dim=1, the classes, as the "
+          f"lesson means; write nn.{kind}(dim=1) to say so and drop this note")
+    return _without_implicit_dim_warning()
+
+
+@contextlib.contextmanager
+def _without_implicit_dim_warning():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Implicit dimension choice", category=UserWarning)
+        yield
 
 
 def _shape_error(model, xb, e, what, last=None):

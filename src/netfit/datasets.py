@@ -471,10 +471,14 @@ def get_data(url, dest, sha256=None, md5=None, timeout=30.0, deadline=600.0):
         _download(url, dest, spec, timeout, deadline, max_bytes=2_000_000_000, parse=lambda data, name: None)
     except urllib.error.HTTPError as e:
         e.close()
-        raise DatasetError(f"{url}: HTTP {e.code} {e.reason}") from None
+        raise DatasetError(f"{url}: HTTP {e.code} {e.reason}{_by_hand(dest)}") from None
     except (OSError, http.client.HTTPException, ValueError) as e:
-        raise DatasetError(f"{url}: {type(e).__name__}: {e}") from None
+        raise DatasetError(f"{url}: {type(e).__name__}: {e}{_by_hand(dest)}") from None
     return dest
+
+
+def _by_hand(dest):
+    return f". To go on without this download, copy the file to {dest} by hand; get_data then uses it as it is"
 
 
 def named_by(path):

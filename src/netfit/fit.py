@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .checks import FitError, _check_args, _check_data, _check_first_batch, _check_metrics, _check_opt, _default_crit
+from .checks import _ORDER, FitError, _check_args, _implicit_dim_note, _check_data, _check_first_batch, _check_metrics, _check_opt, _default_crit
 from .data import DataError, _warn
 from .distributed import all_reduce_sum as dist_all_reduce_sum
 from .distributed import barrier as dist_barrier
@@ -87,6 +87,7 @@ class Run:
     device: torch.device
     epoch: int = 0
     step: int = 0          # optimizer steps taken so far, across epochs
+    first_step: int = 0    # `step` when this call of fit began to train (after a resume: where it resumed)
     batch: int = 0         # index of the batch within the epoch
     n_batches: int = 0
     xb: object = None
@@ -268,7 +269,9 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         epochs = n_epochs
     epochs = 1 if epochs is None else epochs
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise FitError(f"epochs must be a non-negative integer; got {epochs!r}")
+        raise FitError(_bad_epochs(epochs))
+    if epochs == 0 and not resume:
+        _warn("epochs=0: nothing to train (pass epochs=1 or more)")
     if not isinstance(model, nn.Module):
         raise FitError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
@@ -280,136 +283,138 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
     if (resume or checkpoint_every) and checkpoint is None:
         given = "resume=True" if resume else f"checkpoint_every={checkpoint_every!r}"
         raise FitError(f"{given} needs checkpoint='path/to/ckpt' to save to; got checkpoint=None")
-    _check_args(crit, metrics, callbacks, checkpoint_every, EVENTS)
-    if checkpoint is not None and os.path.isdir(checkpoint):
-        raise FitError(f"checkpoint={str(checkpoint)!r} is a folder; expected a file path such as "
-                       f"{os.path.join(str(checkpoint), 'ckpt.pt')!r}")
-    trn_dl, val_dl = _loaders(data)
-    device = _model_device(model)
-    distributed = dist_setup(device)
-    if hasattr(data, "to"):
-        data.to(device)  # the arrays move once, not per batch
-    if not any(p.requires_grad for p in model.parameters()):
-        raise FitError("the model has no parameters to train" + (" (all have requires_grad=False: frozen?)"
-                                                                  if any(True for _ in model.parameters()) else ""))
-    opt = torch.optim.Adam(model.parameters()) if opt is None else opt
-    _check_opt(model, opt)
-    crit = _default_crit(model, trn_dl) if crit is None else crit
-    _check_data(model, crit, [("training data", trn_dl), ("validation data", val_dl)])
-    metrics = list(metrics or [])
-    _check_metrics(model, metrics, val_dl)
-    if metrics and val_dl is None:
-        _warn(f"metrics={[_metric_name(m) for m in metrics]} are measured on the validation data, and fit has "
-              "none: they will not appear in the History (pass a validation set)")
-    callbacks = list(callbacks or []) + ([schedule] if schedule is not None else [])
-    handlers = {e: [getattr(cb, e) for cb in callbacks if callable(getattr(cb, e, None))] for e in EVENTS}
+    with _implicit_dim_note(model):  # one note of netfit's before the table, not PyTorch's within it
+        _check_args(crit, metrics, callbacks, checkpoint_every, EVENTS)
+        if checkpoint is not None and os.path.isdir(checkpoint):
+            raise FitError(f"checkpoint={str(checkpoint)!r} is a folder; expected a file path such as "
+                           f"{os.path.join(str(checkpoint), 'ckpt.pt')!r}")
+        trn_dl, val_dl = _loaders(data)
+        device = _model_device(model)
+        distributed = dist_setup(device)
+        if hasattr(data, "to"):
+            data.to(device)  # the arrays move once, not per batch
+        if not any(p.requires_grad for p in model.parameters()):
+            raise FitError("the model has no parameters to train" + (" (all have requires_grad=False: frozen?)"
+                                                                      if any(True for _ in model.parameters()) else ""))
+        opt = torch.optim.Adam(model.parameters()) if opt is None else opt
+        _check_opt(model, opt)
+        crit = _default_crit(model, trn_dl) if crit is None else crit
+        _check_data(model, crit, [("training data", trn_dl), ("validation data", val_dl)])
+        metrics = list(metrics or [])
+        _check_metrics(model, metrics, val_dl)
+        if metrics and val_dl is None:
+            _warn(f"metrics={[_metric_name(m) for m in metrics]} are measured on the validation data, and fit has "
+                  "none: they will not appear in the History (pass a validation set)")
+        callbacks = list(callbacks or []) + ([schedule] if schedule is not None else [])
+        handlers = {e: [getattr(cb, e) for cb in callbacks if callable(getattr(cb, e, None))] for e in EVENTS}
 
-    def emit(event):
-        for handler in handlers[event]:
-            handler(run)
+        def emit(event):
+            for handler in handlers[event]:
+                handler(run)
 
-    world, rank = (dist_world(), dist_rank()) if distributed else (1, 0)
-    history = History(info={"device": str(device), "batches_per_epoch": _n_batches(trn_dl, rank, world),
-                            "optimizer": _use_fused(opt) if fast else "as given", "world_size": world,
-                            "amp": _amp_dtype(amp, device)})
-    run = Run(model, data, opt, crit, metrics, int(epochs), history, device)
-    run.train_model = DDP(model) if distributed else model
-    run.unchecked = not isinstance(getattr(trn_dl, "x", None), torch.Tensor)
-    run.amp_dtype = _amp_dtype(amp, device)
-    run.scaler = torch.amp.GradScaler(device.type) if run.amp_dtype == "float16" else None
-    run.seed = dist_shared_seed(device, seed) if distributed else seed
-    run.world, run.rank, run.accumulate, run.on_nan = world, rank, accumulate, on_nan
-    run.checkpoint, run.checkpoint_every, run.callbacks = checkpoint, checkpoint_every, callbacks
-    # timing picks one thread or two, which round differently: off when a seed asks for a repeatable run
-    run.trial = ThreadTrial(enabled=device.type == "cpu" and fast and world == 1 and seed is None)
-    start_epoch, resume_at = 0, None
-    if resume:
-        resume_at = _restore(run, checkpoint)
-        if resume_at is not None:
-            start_epoch = resume_at["epoch"]
-            order = resume_at.get("order")
-            if order is not None and hasattr(trn_dl, "x") and len(order) != len(trn_dl.x):
-                raise FitError(f"{checkpoint}: the checkpoint stopped mid-epoch over {len(order)} training rows; "
-                               f"the data has {len(trn_dl.x)}. Resume with the data it was saved with")
-            if start_epoch >= int(epochs) and resume_at["batch"] == 0:
-                _warn(f"{checkpoint} already holds {start_epoch} epochs and epochs={int(epochs)}: nothing left to "
-                      "train (pass a larger epochs to train on)")
-    history.info["seed"] = run.seed
-    graphed, history.info["step"] = _stepper(run, trn_dl, callbacks, fast)
-    keys = ["epoch", "trn_loss"] + (["val_loss"] + [_metric_name(m) for m in metrics] if val_dl is not None else []) + ["time"]
-    progress = _Progress(verbose and rank == 0, _n_batches(trn_dl, rank, world))
-    if verbose and verbose > 1 and rank == 0:
-        progress.write(f"training step: {history.info['step']}; optimizer: {history.info['optimizer']}")
-    progress.write(_table_header(keys))
-    for r in history.records:
-        progress.write(_table_row(r, keys) + "  (from checkpoint)")
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-    started = ended = False
-    try:
+        world, rank = (dist_world(), dist_rank()) if distributed else (1, 0)
+        history = History(info={"device": str(device), "batches_per_epoch": _n_batches(trn_dl, rank, world),
+                                "optimizer": _use_fused(opt) if fast else "as given", "world_size": world,
+                                "amp": _amp_dtype(amp, device)})
+        run = Run(model, data, opt, crit, metrics, int(epochs), history, device)
+        run.train_model = DDP(model) if distributed else model
+        run.unchecked = not isinstance(getattr(trn_dl, "x", None), torch.Tensor)
+        run.amp_dtype = _amp_dtype(amp, device)
+        run.scaler = torch.amp.GradScaler(device.type) if run.amp_dtype == "float16" else None
+        run.seed = dist_shared_seed(device, seed) if distributed else seed
+        run.world, run.rank, run.accumulate, run.on_nan = world, rank, accumulate, on_nan
+        run.checkpoint, run.checkpoint_every, run.callbacks = checkpoint, checkpoint_every, callbacks
+        # timing picks one thread or two, which round differently: off when a seed asks for a repeatable run
+        run.trial = ThreadTrial(enabled=device.type == "cpu" and fast and world == 1 and seed is None)
+        start_epoch, resume_at = 0, None
+        if resume:
+            resume_at = _restore(run, checkpoint)
+            if resume_at is not None:
+                start_epoch = resume_at["epoch"]
+                order = resume_at.get("order")
+                if order is not None and hasattr(trn_dl, "x") and len(order) != len(trn_dl.x):
+                    raise FitError(f"{checkpoint}: the checkpoint stopped mid-epoch over {len(order)} training rows; "
+                                   f"the data has {len(trn_dl.x)}. Resume with the data it was saved with")
+                if start_epoch >= int(epochs) and resume_at["batch"] == 0:
+                    _warn(f"{checkpoint} already holds {start_epoch} epochs and epochs={int(epochs)}: nothing left to "
+                          "train (pass a larger epochs to train on)")
+        history.info["seed"] = run.seed
+        run.first_step = run.step
+        graphed, history.info["step"] = _stepper(run, trn_dl, callbacks, fast)
+        keys = ["epoch", "trn_loss"] + (["val_loss"] + [_metric_name(m) for m in metrics] if val_dl is not None else []) + ["time"]
+        progress = _Progress(verbose and rank == 0, _n_batches(trn_dl, rank, world))
+        if verbose and verbose > 1 and rank == 0:
+            progress.write(f"training step: {history.info['step']}; optimizer: {history.info['optimizer']}")
+        progress.write(_table_header(keys))
+        for r in history.records:
+            progress.write(_table_row(r, keys) + "  (from checkpoint)")
+        was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if deterministic:
+            torch.use_deterministic_algorithms(True)
+        started = ended = False
         try:
-            emit("before_fit")
-            started = True
-            for epoch in range(start_epoch, int(epochs)):
-                run.epoch, start = epoch, time.perf_counter()
-                run.record, run.epoch_losses = {"epoch": epoch}, None
-                progress.start_epoch(_n_batches(trn_dl, rank, world), f"epoch {epoch}")
-                try:
-                    emit("before_epoch")
-                    if graphed is not None and (resume_at is None or resume_at["batch"] == 0):
-                        with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-                            run.record["trn_loss"] = _train_epoch_graphed(run, trn_dl, emit, progress, graphed)
-                    else:
-                        run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress, resume_at)
-                except CancelEpoch:  # the mean over the batches trained before it (NaN if none)
-                    done = run.epoch_losses  # the graphed loop sets trn_loss itself
-                    run.record.setdefault("trn_loss", done.value if done is not None and done.n else float("nan"))
-                if graphed is not None and graphed.why_not:  # the graph gave up: the rest of the fit runs eagerly
-                    history.info["step"] = f"eager: {graphed.why_not} ({graphed.ran} until epoch {epoch})"
-                    graphed = None
-                resume_at = None
-                if val_dl is not None:  # with the loss and optimizer a callback may have swapped in
-                    run.record.update(_validate(model, val_dl, run.crit, metrics, device, rank, world))
-                run.record["time"] = time.perf_counter() - start
-                run.record["lr"] = run.opt.param_groups[0]["lr"]
-                cancelled = False
-                for handler in handlers["after_epoch"]:  # every callback sees the epoch, even after a CancelFit
+            try:
+                emit("before_fit")
+                started = True
+                for epoch in range(start_epoch, int(epochs)):
+                    run.epoch, start = epoch, time.perf_counter()
+                    run.record, run.epoch_losses = {"epoch": epoch}, None
+                    progress.start_epoch(_n_batches(trn_dl, rank, world), f"epoch {epoch}")
                     try:
-                        handler(run)
-                    except CancelFit:  # the epoch was trained: record it, then stop
-                        cancelled = True
-                if world > 1:  # a CancelFit on one rank stops them all: the others would wait in its all-reduces
-                    cancelled = dist_all_reduce_sum(torch.tensor([float(cancelled)], device=device)).item() > 0
-                history.append(run.record)
-                progress.write(_table_row(run.record, keys))
-                if checkpoint is not None:
-                    _save(run, epoch + 1, 0, None, None)
-                if cancelled:
-                    raise CancelFit()
-        except CancelFit:
-            pass
-        ended = True
-        try:  # also after CancelFit (as fastai and Keras do): EarlyStopping restores, Schedule puts rates back
-            emit("after_fit")
-        except CancelFit:
-            pass
-    finally:
-        if started and not ended:  # an error or Ctrl-C: the callbacks still tidy up (a schedule's rates back)
-            _after_fit_anyway(handlers["after_fit"], run)
-        run.trial.__exit__()  # torch's thread count back, even after an interrupt inside the switch
-        if graphed is not None:
-            graphed.end_epoch()  # plain float rates back in the param groups, even after an error
-            if hasattr(graphed, "describe"):
-                history.info["step"] = graphed.describe()
-        else:
-            history.info["step"] += run.trial.summary()
-        progress.close()
-        if deterministic and not was_deterministic:
-            torch.use_deterministic_algorithms(False)
-    if world > 1:  # the files rank 0 wrote (checkpoint, SaveBest...) are complete before any rank reads them
-        dist_barrier()
-    return history
+                        emit("before_epoch")
+                        if graphed is not None and (resume_at is None or resume_at["batch"] == 0):
+                            with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+                                run.record["trn_loss"] = _train_epoch_fast(run, trn_dl, emit, progress, graphed)
+                        else:
+                            run.record["trn_loss"] = _train_epoch(run, trn_dl, emit, progress, resume_at)
+                    except CancelEpoch:  # the mean over the batches trained before it (NaN if none)
+                        done = run.epoch_losses  # the graphed loop sets trn_loss itself
+                        run.record.setdefault("trn_loss", done.value if done is not None and done.n else float("nan"))
+                    if graphed is not None and graphed.why_not:  # the graph gave up: the rest of the fit runs eagerly
+                        history.info["step"] = f"eager: {graphed.why_not} ({graphed.ran} until epoch {epoch})"
+                        graphed = None
+                    resume_at = None
+                    if val_dl is not None:  # with the loss and optimizer a callback may have swapped in
+                        run.record.update(_validate(model, val_dl, run.crit, metrics, device, rank, world))
+                    run.record["time"] = time.perf_counter() - start
+                    run.record["lr"] = run.opt.param_groups[0]["lr"]
+                    cancelled = False
+                    for handler in handlers["after_epoch"]:  # every callback sees the epoch, even after a CancelFit
+                        try:
+                            handler(run)
+                        except CancelFit:  # the epoch was trained: record it, then stop
+                            cancelled = True
+                    if world > 1:  # a CancelFit on one rank stops them all: the others would wait in its all-reduces
+                        cancelled = dist_all_reduce_sum(torch.tensor([float(cancelled)], device=device)).item() > 0
+                    history.append(run.record)
+                    progress.write(_table_row(run.record, keys))
+                    if checkpoint is not None:
+                        _save(run, epoch + 1, 0, None, None)
+                    if cancelled:
+                        raise CancelFit()
+            except CancelFit:
+                pass
+            ended = True
+            try:  # also after CancelFit (as fastai and Keras do): EarlyStopping restores, Schedule puts rates back
+                emit("after_fit")
+            except CancelFit:
+                pass
+        finally:
+            if started and not ended:  # an error or Ctrl-C: the callbacks still tidy up (a schedule's rates back)
+                _after_fit_anyway(handlers["after_fit"], run)
+            run.trial.__exit__()  # torch's thread count back, even after an interrupt inside the switch
+            if graphed is not None:
+                graphed.end_epoch()  # plain float rates back in the param groups, even after an error
+                if hasattr(graphed, "describe"):
+                    history.info["step"] = graphed.describe()
+            else:
+                history.info["step"] += run.trial.summary()
+            progress.close()
+            if deterministic and not was_deterministic:
+                torch.use_deterministic_algorithms(False)
+        if world > 1:  # the files rank 0 wrote (checkpoint, SaveBest...) are complete before any rank reads them
+            dist_barrier()
+        return history
 
 
 def _after_fit_anyway(handlers, run):
@@ -424,7 +429,7 @@ def _after_fit_anyway(handlers, run):
 
 
 def _stepper(run, dl, callbacks, fast):
-    """The step `_train_epoch_graphed` runs (None: the eager loop) and what `history.info["step"]` says.
+    """The step `_train_epoch_fast` runs (None: the eager loop) and what `history.info["step"]` says.
 
     On a GPU, the step captured in a CUDA graph (graphs.py); on the CPU, the lesson's MLPs with their
     gradient written out (analytic.py); the eager loop for everything else, with the reason.
@@ -556,10 +561,11 @@ def _train_epoch(run, dl, emit, progress, resume_at=None):
     return losses.value
 
 
-def _train_epoch_graphed(run, dl, emit, progress, gs):
-    """`_train_epoch` through a `GraphedStep` (see graphs.py): the same batches in the same order,
-    the same events around each step, one host read per 32 steps (the non-finite check). The short
-    last batch, and every batch after the graph gives up (`gs.why_not`), run eagerly."""
+def _train_epoch_fast(run, dl, emit, progress, gs):
+    """`_train_epoch` through a fast step: a `GraphedStep` (a CUDA graph, graphs.py) or an `MLPStep` (the
+    gradient written out on the CPU, analytic.py). The same batches in the same order, the same events
+    around each step, one host read per `gs.check_every` steps (the non-finite check). The short last
+    batch, and every batch after the step gives up (`gs.why_not`), run eagerly."""
     run.model.train()
     order = dl.order(None if run.seed is None else run.seed + run.epoch)
     bs, m = dl.bs, len(order) if order is not None else len(dl.x)  # as ArrayLoader.batches: a subclass's order may hold fewer rows
@@ -587,7 +593,7 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
                 rows_done += run.yb.shape[0]  # the rows trained, also when a callback replaced the batch
                 run.step += 1
                 if (i + 1) % gs.check_every == 0 or i + 1 == n:
-                    _check_graphed(run, gs)
+                    _check_fast_losses(run, gs)
                 emit("after_batch")
             except CancelBatch:
                 pass
@@ -595,9 +601,9 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
             if pending == 16:
                 progress.update(pending)
                 pending = 0
-        _check_graphed(run, gs)  # also when the last batches were cancelled
+        _check_fast_losses(run, gs)  # also when the last batches were cancelled
     except (CancelEpoch, CancelFit):
-        _check_graphed(run, gs)  # a NaN before the cancel still stops the fit
+        _check_fast_losses(run, gs)  # a NaN before the cancel still stops the fit
         if rows_done:
             run.record["trn_loss"] = gs.loss_sum() / rows_done  # the batches trained before the cancel
         raise
@@ -607,12 +613,13 @@ def _train_epoch_graphed(run, dl, emit, progress, gs):
     return gs.loss_sum() / rows_done if rows_done else float("nan")
 
 
-def _check_graphed(run, gs):
+def _check_fast_losses(run, gs):
     """Raise NonFiniteLossError if a loss in the graphed steps so far was NaN/inf (one host read)."""
     if gs.bad_steps():
         where = (f"epoch {run.epoch}, batch {run.batch} (optimizer step {run.step - 1})" if gs.check_every == 1 else
                  f"epoch {run.epoch}, within the {gs.check_every} batches up to batch {run.batch}")
-        raise _non_finite_error(run, gs.loss.item() if gs.check_every == 1 else "non-finite", where)
+        raise _non_finite_error(run, gs.loss.item() if gs.check_every == 1 else "non-finite", where,
+                                run.step - 1 if gs.check_every == 1 else None)
 
 
 def _in_lockstep(batches, dl, first, world):
@@ -650,15 +657,58 @@ def _finite(run, losses):
     if run.on_nan == "warn":
         warnings.warn(f"non-finite training loss {value} at {where}; skipped that step", RuntimeWarning, stacklevel=3)
         return False
-    raise _non_finite_error(run, value, where)
+    raise _non_finite_error(run, value, where, run.step)
 
 
-def _non_finite_error(run, value, where):
-    """The NonFiniteLossError both training loops raise: what, where, the checkpoint, what to try."""
-    error = NonFiniteLossError(f"training loss became {value} at {where}; stopped there"
-                               + (f", the last good checkpoint is {run.checkpoint}" if run.checkpoint else "")
-                               + ". Try a lower learning rate, or check the inputs for NaN/inf (the epochs "
-                               "before it: error.history).")
+def _bad_epochs(epochs):
+    """FitError's text for an `epochs` that is not a count: an optimizer, loss or metrics there is an
+    argument-order slip (fastai 0.7's fit(model, data, epochs, opt, crit)); long reprs cut to a line."""
+    if isinstance(epochs, torch.optim.Optimizer) or isinstance(epochs, nn.Module) or callable(epochs):
+        what = type(epochs).__name__ if not callable(epochs) or isinstance(epochs, nn.Module) else (
+            getattr(epochs, "__name__", type(epochs).__name__))
+        return f"epochs must be a non-negative integer; got {what} in its place: {_ORDER}"
+    text = " ".join(repr(epochs).split())
+    return f"epochs must be a non-negative integer; got {text[:80] + ('...' if len(text) > 80 else '')}"
+
+
+def _largest_weight(model):
+    """(largest |weight|, its parameter's name) of the model: NaN as soon as one weight is NaN."""
+    big, name = 0.0, None
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.numel():
+                m = p.detach().abs().max().item()
+                if not m <= big:  # NaN too
+                    big, name = m, n
+                if math.isnan(m):
+                    break
+    return big, name
+
+
+def _non_finite_error(run, value, where, step):
+    """The NonFiniteLossError both training loops raise: what, where, the checkpoint, and what to try,
+    which depends on the weights: once they have blown up, no learning rate brings them back. `step`:
+    the optimizer step whose loss it was (None when only a range of steps is known)."""
+    big, name = _largest_weight(run.model)
+    blown = not big < 1e6  # inf and NaN too
+    weights = f"largest |weight| {big:.3g}, in {name!r}"
+    first = step == run.first_step
+    if first and blown:  # e.g. the same net fitted again after it diverged
+        advice = (f", before this fit updated anything: the model's weights are already blown up ({weights}), "
+                  "most likely by an earlier fit that diverged. A lower learning rate cannot bring them back: build "
+                  "the model and its optimizer again, then fit with a lower rate.")
+    elif first:
+        advice = (f", before this fit updated anything ({weights}): the inputs or the model's forward give NaN/inf. "
+                  "Check the inputs for NaN/inf, and the forward for log/sqrt/division of values that can be 0 or less.")
+    elif blown:
+        advice = (f". The weights are left as that step found them ({weights}): build the model and its optimizer "
+                  f"again{' (or load the checkpoint)' if run.checkpoint else ''}, then fit with a lower learning rate.")
+    else:
+        advice = ". Try a lower learning rate, or check the inputs for NaN/inf."
+    error = NonFiniteLossError(f"training loss became {value} at {where}; stopped there" + advice
+                               + (f" The last good checkpoint is {run.checkpoint}." if run.checkpoint else "")
+                               + " The epochs before it: error.history (in a notebook, after the error: "
+                               "import sys; sys.last_value.history).")
     error.history = run.history
     return error
 

@@ -45,7 +45,7 @@ MAX_RECAPTURES = 3
 
 
 def step_plan(run, dl, callbacks):
-    """None when `fit` may train outside its eager loop (through `_train_epoch_graphed`), else why not.
+    """None when `fit` may train outside its eager loop (through `_train_epoch_fast`), else why not.
 
     What any stepper there needs: one process, one batch per optimizer step, a bf16 or no autocast,
     NaN checks that may stop the fit, no mid-epoch checkpoints, an `ArrayLoader` over (x, y) tensors

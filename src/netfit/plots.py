@@ -115,6 +115,11 @@ def plots(ims, figsize=(12, 6), rows=2, titles=None, colors=None):
         raise ValueError(f"titles must be one label per image (a list or array); got the string {titles!r}")
     if titles is not None and len(titles) != len(ims):
         raise ValueError(f"got {len(titles)} titles for {len(ims)} images; expected one per image")
+    shape = tuple(getattr(titles, "shape", ()))
+    if len(shape) == 2 and shape[1] > 2 and getattr(titles, "dtype", None) is not None and str(titles.dtype).startswith(
+            ("float", "torch.float", "torch.bfloat")):  # a (pred, actual) pair per image stays a fine title
+        raise ValueError(f"titles are rows of {shape[1]} numbers (a model's outputs?), one row per image; expected "
+                         "one label per image: pass preds.argmax(1)[:n] (the predicted classes)")
     rows = max(1, min(int(rows), len(ims)))
     cols = int(np.ceil(len(ims) / rows))
     fig = _figure(figsize)

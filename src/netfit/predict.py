@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn  # noqa: F401  (used by the doctests)
 
-from .checks import FitError, _shape_error
+from .checks import FitError, _implicit_dim_note, _shape_error
 from .data import DataError, _warn
 from .distributed import gather_rows
 from .distributed import rank as dist_rank
@@ -54,7 +54,7 @@ def _outputs(model, dl):
     model.eval()
     preds, targs = [], []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _implicit_dim_note(model):
             for b in batches:
                 xb, yb = _batch(b, device)
                 try:
