@@ -186,3 +186,43 @@ def test_random_shift_layer_is_captured_with_the_step(monkeypatch):
         accs[graph] = h[-1]["accuracy"]
     assert h.info["step"] == "cuda graph"
     assert abs(accs[True] - accs[False]) <= 0.05, accs
+
+
+def test_graphed_fit_gives_back_the_rate_as_written(monkeypatch):
+    # the captured kernels read the rate from a float32 tensor; the group gets the float back, not 0.0099999998
+    x, y = small(1512)
+    md = ImageClassifierData.from_arrays(".", (x[:1000], y[:1000]), (x[1000:], y[1000:]), bs=64, device="cuda")
+    net = logreg().cuda()
+    opt = optim.Adam(net.parameters(), 0.01)
+    h = fit(net, md, 2, opt, nn.NLLLoss(), verbose=False)
+    assert h.info["step"] == "cuda graph" and opt.param_groups[0]["lr"] == 0.01 and h[-1]["lr"] == 0.01
+
+
+def test_on_nan_warn_skips_each_bad_step_on_the_gpu():
+    # the eager GPU loop reads the loss every 32 steps for on_nan="raise"; "warn" must see every step
+    class Poison:
+        def before_batch(self, run):
+            if run.batch == 5:
+                run.xb = run.xb.clone()
+                run.xb[0, 0] = float("nan")
+    x, y = small(1512)
+    md = ImageClassifierData.from_arrays(".", (x[:1000], y[:1000]), (x[1000:], y[1000:]), bs=64, device="cuda")
+    net = logreg().cuda()
+    with pytest.warns(RuntimeWarning, match="batch 5 .*skipped that step"):
+        h = fit(net, md, 1, optim.Adam(net.parameters()), nn.NLLLoss(), callbacks=[Poison()], verbose=False,
+                on_nan="warn")
+    assert all(torch.isfinite(p).all() for p in net.parameters()) and np.isfinite(h[-1]["val_loss"])
+
+
+def test_a_weight_given_new_storage_mid_fit_ends_the_graph(monkeypatch):
+    # a max-norm callback's `w.data = w.data.renorm(...)`: the graph would go on updating the old storage
+    class MaxNorm:
+        def after_batch(self, run):
+            if run.batch == 8:  # past the capture (3 warm-up steps, then the capture at batch 3)
+                w = next(p for p in run.model.parameters() if p.dim() == 2)
+                w.data = w.data.renorm(2, 0, 1.0)
+    eager, he = _fit(logreg, False, monkeypatch, epochs=1, callbacks=[MaxNorm()])
+    graphed, hg = _fit(logreg, True, monkeypatch, epochs=1, callbacks=[MaxNorm()])
+    assert "new storage" in hg.info["step"], hg.info
+    for a, b in zip(eager.state_dict().values(), graphed.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)

@@ -120,3 +120,55 @@ def test_verbose_2_says_which_step_ran(monkeypatch, capsys):
     train(logreg, True, monkeypatch, epochs=1, verbose=2)
     out = capsys.readouterr().out
     assert "training step: static buffers, no capture (CPU); optimizer: Adam (fused kernel)" in out
+
+
+def test_a_model_or_optimizer_with_hooks_is_not_graphed(monkeypatch):
+    # a replay would not call a hook's Python: activation statistics or an EMA in a step hook would go stale
+    calls = []
+    monkeypatch.setattr(graphs, "_STATIC_ON_CPU", True)
+    monkeypatch.setattr(fit_module, "mlp_plan", lambda *a: (None, "not on a CUDA GPU (test: no written-out step)"))
+    net = logreg()
+    net.register_forward_hook(lambda m, i, o: calls.append(1))
+    h = fit(net, data(), 1, optim.Adam(net.parameters(), 1e-2), nn.NLLLoss(), verbose=False)
+    assert h.info["step"].startswith("eager: the model has hooks"), h.info
+    net = logreg()
+    opt = optim.Adam(net.parameters(), 1e-2)
+    opt.register_step_post_hook(lambda *a: calls.append(2))
+    h = fit(net, data(), 1, opt, nn.NLLLoss(), verbose=False)
+    assert h.info["step"].startswith("eager: the optimizer has step hooks"), h.info
+    assert calls.count(1) >= 16 and calls.count(2) == 16  # every batch of 1000 rows in 64s
+
+    class HookAtFit:  # hooks a callback adds when the fit begins end the graph from the first epoch
+        def before_fit(self, run):
+            run.model.register_forward_hook(lambda m, i, o: calls.append(3))
+    net = logreg()
+    h = fit(net, data(), 1, optim.Adam(net.parameters(), 1e-2), nn.NLLLoss(), callbacks=[HookAtFit()], verbose=False)
+    assert "the model has hooks" in h.info["step"] and calls.count(3) >= 16, h.info
+
+
+def test_a_param_group_added_mid_fit_ends_the_graph_and_trains_eagerly(monkeypatch):
+    class AddGroup:  # at batch 5, a new layer's weights join the optimizer (as a fine-tuning callback may)
+        def __init__(self, extra):
+            self.extra = extra
+
+        def after_batch(self, run):
+            if run.epoch == 0 and run.batch == 5:
+                run.opt.add_param_group({"params": list(self.extra.parameters())})
+    results = {}
+    for static in (False, True):
+        torch.manual_seed(0)
+        extra = nn.Linear(2, 2)
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body, self.extra = logreg(), extra
+
+            def forward(self, x):
+                return self.body(x) + 0 * self.extra(x[:, :2]).sum()
+        net, h = train(Net, static, monkeypatch, opt=lambda ps, lr: optim.Adam(list(ps)[:2], lr, fused=True),
+                       callbacks=[AddGroup(extra)])  # the body's weights; the extra layer's join at batch 5
+        results[static] = (net, h)
+    assert "param groups" in results[True][1].info["step"], results[True][1].info
+    for a, b in zip(results[False][0].state_dict().values(), results[True][0].state_dict().values()):
+        assert torch.equal(a, b)
+

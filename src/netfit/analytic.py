@@ -35,20 +35,14 @@ from time import perf_counter
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as _module
-from torch.optim import optimizer as _optimizer
 
-from .graphs import GraphedStep
+from .graphs import GraphedStep, _has_hooks, _has_step_hooks
 
 __all__ = ["MLPStep", "ThreadTrial", "mlp_plan"]
 
 _KERNELS = {torch.optim.Adam: torch._fused_adam_, torch.optim.AdamW: torch._fused_adamw_, torch.optim.SGD: torch._fused_sgd_}
 
 _requires_grad = operator.attrgetter("requires_grad")
-
-_GLOBAL_MODULE_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
-                        "_global_backward_pre_hooks")
-
 
 def _layers(model):
     """(flatten, linears, ends_in_log_softmax), or a string saying why `model` is not such an MLP."""
@@ -118,14 +112,6 @@ def mlp_plan(model, crit, opt, dl, amp_dtype):
     if len(dl.y) and dl.y.min() < 0:
         return None, "some labels are negative (the loss's ignore_index)"
     return (flatten, linears, log_softmax), None
-
-
-def _has_hooks(model):
-    """True when a hook would see the forward or backward pass (module, global or parameter hooks)."""
-    return (any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                for m in model.modules())
-            or any(getattr(_module, h, None) for h in _GLOBAL_MODULE_HOOKS)
-            or any(p._backward_hooks or p._post_accumulate_grad_hooks for p in model.parameters()))
 
 
 class ThreadTrial:
@@ -431,8 +417,7 @@ class MLPStep(GraphedStep):
         opt = self.opt
         own_step = vars(opt).get("step")  # a wrapper on the instance: only torch's LR-scheduler tracker is known
         if (self.kernel is None or (own_step is not None and not getattr(own_step, "_wrapped_by_lr_sched", False))
-                or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
-                or _optimizer._global_optimizer_pre_hooks or _optimizer._global_optimizer_post_hooks):
+                or _has_step_hooks(opt)):
             return None
         if own_step is not None:
             opt._opt_called = True  # all that wrapper does besides calling step (lr_scheduler's order check)

@@ -112,7 +112,9 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         # so every fit starts afresh (np.random.seed makes a series of fits repeatable)
         seed = (int(self.random_state) if isinstance(self.random_state, (int, np.integer))
                 else int(check_random_state(self.random_state).randint(2 ** 31 - 1)))
-        with torch.random.fork_rng(devices=[]):  # seed weights and shuffling; leave the caller's torch RNG alone
+        # seed weights and shuffling; leave the caller's torch RNGs alone (manual_seed seeds every GPU's too)
+        gpus = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus):
             torch.manual_seed(seed)
             module = self._build(X.shape[1], len(classes)).to(device)
             crit = self._crit(module)

@@ -486,7 +486,8 @@ def _train_epoch(run, dl, emit, progress, resume_at=None):
         batches, run.n_batches = _in_lockstep(batches, dl, first, run.world), dl.n_batches(0, run.world)
     autocast = (torch.autocast(run.device.type, dtype=getattr(torch, run.amp_dtype)) if run.amp_dtype
                 else contextlib.nullcontext())
-    check_every = 1 if run.device.type == "cpu" else 32  # a finite-loss check is a host sync on GPUs
+    # a finite-loss check is a host sync on GPUs; on_nan="warn" must see each step's loss to skip it
+    check_every = 1 if run.device.type == "cpu" or run.on_nan == "warn" else 32
     pending, i, group_rows, full_rows = 0, first - 1, 0, None
 
     def zero_grad():  # what opt.zero_grad(set_to_none=True) does, without its per-call profiler record

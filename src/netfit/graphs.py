@@ -32,6 +32,8 @@ counted; during a graphed epoch `param_groups[i]["lr"]` is a 0-d device tensor.
 import contextlib
 
 import torch
+from torch.nn.modules import module as _module
+from torch.optim import optimizer as _optimizer
 
 from .data import ArrayLoader
 
@@ -42,6 +44,8 @@ _HYPER = ("betas", "momentum", "weight_decay", "eps", "dampening", "nesterov", "
 _STATIC_ON_CPU = False  # tests set this: the same static-buffer path without capture, on the CPU
 WARMUP = 3              # eager steps before capture (lazy state: optimizer moments, cuBLAS workspaces)
 MAX_RECAPTURES = 3
+_GLOBAL_MODULE_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                        "_global_backward_pre_hooks")
 
 
 def step_plan(run, dl, callbacks):
@@ -71,8 +75,11 @@ def step_plan(run, dl, callbacks):
         return f"on_nan={run.on_nan!r} (skipping a step needs a host check per step)"
     if run.checkpoint_every:
         return "checkpoint_every (mid-epoch saves)"
-    if getattr(type(dl), "batches", None) is not ArrayLoader.batches or dl.y is None:  # the loop does what batches does
-        return f"the training data is a {type(dl).__name__}, not an ArrayLoader over (x, y) tensors"
+    if getattr(type(dl), "batches", None) is not ArrayLoader.batches:  # the loop does what batches does
+        what = f"a {type(dl).__name__} with its own batches()" if isinstance(dl, ArrayLoader) else f"a {type(dl).__name__}"
+        return f"the training data is {what}, not an ArrayLoader over (x, y) tensors"
+    if dl.y is None:
+        return "the training loader has no labels"
     if dl.x.device != run.device:
         return f"the training tensors are on {dl.x.device}, the model on {run.device}"
     for cb in callbacks:
@@ -80,6 +87,21 @@ def step_plan(run, dl, callbacks):
             if callable(getattr(cb, event, None)) and not (event == "before_step" and getattr(cb, "graph_safe", False)):
                 return f"callback {type(cb).__name__} handles {event}, which a captured step cannot call"
     return None
+
+
+def _has_hooks(model):
+    """True when a hook would see the forward or backward pass (module, global or parameter hooks): a
+    captured step would run it only while capturing, and the written-out CPU step never."""
+    return (any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                for m in model.modules())
+            or any(getattr(_module, h, None) for h in _GLOBAL_MODULE_HOOKS)
+            or any(p._backward_hooks or p._post_accumulate_grad_hooks for p in model.parameters()))
+
+
+def _has_step_hooks(opt):
+    """True when optimizer step hooks (its own or global ones) would run around `opt.step()`."""
+    return bool(opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks
+                or _optimizer._global_optimizer_pre_hooks or _optimizer._global_optimizer_post_hooks)
 
 
 def graph_plan(run, dl, callbacks, fast):
@@ -104,6 +126,10 @@ def graph_plan(run, dl, callbacks, fast):
     groups = run.opt.param_groups
     if type(run.opt).__name__ not in ("Adam", "AdamW", "SGD") or not all(g.get("fused") for g in groups):
         return f"{type(run.opt).__name__} is not a stock Adam, AdamW or SGD on its fused kernel"
+    if _has_hooks(run.model):  # the replays would not call them
+        return "the model has hooks"
+    if _has_step_hooks(run.opt):
+        return "the optimizer has step hooks"
     return None
 
 
@@ -147,7 +173,10 @@ class GraphedStep:
         self.autocast = (torch.autocast(device.type, dtype=getattr(torch, amp_dtype), cache_enabled=False)
                          if amp_dtype else contextlib.nullcontext())
         self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.sizes = [len(g["params"]) for g in opt.param_groups]  # the groups the graph was built for
         self.lrs = [torch.tensor(float(g["lr"]), device=device) for g in opt.param_groups] if capture else None
+        self.lr_floats = None  # each group's rate as the float last written (the tensors hold it in float32)
+        self.ptrs = None  # the weights' storage when captured
         self.graph, self.warm, self.recaptures, self.preds, self.loss = None, 0, 0, None, None
         self.outputs = None  # the captured graph's preds and loss, which each replay overwrites
         self.hyper, self.why_not = None, None
@@ -159,17 +188,32 @@ class GraphedStep:
         self.recaptures = 0  # "every step" is judged within an epoch
         if self.dl.bs != self.bs:  # a callback changed the loader's batch size: the buffers no longer fit
             self.why_not = f"the loader's batch size changed from {self.bs} to {self.dl.bs}"
+        if _has_hooks(self.model):  # e.g. added by a callback's before_fit: a replay would not call them
+            self.why_not = "the model has hooks"
+        self._check_groups()
         if self.capture and not self.why_not:  # the captured kernels read the rates from these tensors
-            for g, t in zip(self.opt.param_groups, self.lrs):
-                t.fill_(float(g["lr"]))
+            self.lr_floats = [float(g["lr"]) for g in self.opt.param_groups]
+            for g, t, lr in zip(self.opt.param_groups, self.lrs, self.lr_floats):
+                t.fill_(lr)
                 g["lr"] = t
+
+    def _check_groups(self):
+        """Give up when a callback added a param group or moved parameters between groups, or gave a
+        weight new storage (`w.data = w.data.renorm(...)`): the graph, its rate tensors and its optimizer
+        state were made for the groups and the storage as they were, and would go on updating the old."""
+        if self.why_not:
+            return
+        if [len(g["params"]) for g in self.opt.param_groups] != self.sizes:
+            self.why_not = "a callback changed the optimizer's param groups"
+        elif self.graph is not None and self.capture and [p.data_ptr() for p in self.params] != self.ptrs:
+            self.why_not = "a callback gave a weight new storage"
 
     def end_epoch(self):
         """Put plain floats back in the param groups (what checkpoints, the history and users see)."""
         if self.capture:
-            for g, t in zip(self.opt.param_groups, self.lrs):
-                if g["lr"] is t:
-                    g["lr"] = float(t)
+            for i, (g, t) in enumerate(zip(self.opt.param_groups, self.lrs)):
+                if g["lr"] is t:  # the float as written, not read back from float32 (0.01, not 0.0099999998)
+                    g["lr"] = self.lr_floats[i] if self.lr_floats else float(t)
         self._drop_grads()  # as after an eager epoch; the graph keeps its own gradient buffers
 
     def load(self, order, i):
@@ -214,9 +258,10 @@ class GraphedStep:
     def _sync_hyper(self):
         """Copy rates written as floats into the device tensors; True if another hyperparameter changed."""
         if self.capture and not self.why_not:  # after giving up, an optimizer a callback swapped in keeps float rates
-            for g, t in zip(self.opt.param_groups, self.lrs):
+            for i, (g, t) in enumerate(zip(self.opt.param_groups, self.lrs)):
                 if g["lr"] is not t:
-                    t.fill_(float(g["lr"]))
+                    self.lr_floats[i] = float(g["lr"])
+                    t.fill_(self.lr_floats[i])
                     g["lr"] = t
         # what the captured kernels bake in: hyperparameters, which parameters train, layer modes
         hyper = ([tuple(g.get(k) for k in _HYPER) for g in self.opt.param_groups],
@@ -246,6 +291,9 @@ class GraphedStep:
                 return False
             if new.data_ptr() != buf.data_ptr():
                 buf.copy_(new)
+        self._check_groups()
+        if self.why_not:
+            return False
         self._sync_hyper()
         if self.recaptures > MAX_RECAPTURES:
             self.why_not = "a callback changes momentum or other hyperparameters every step"
@@ -294,15 +342,19 @@ class GraphedStep:
         for g in groups:
             if "capturable" in g:
                 g["capturable"] = True  # Adam refuses capture otherwise; the fused kernel is the same
-        graph = torch.cuda.CUDAGraph()
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
         try:
             with torch.cuda.graph(graph):
                 self.preds, self.loss = self._forward_backward_step(self.x, self.y, self.bs)
+        except BaseException:
+            torch.cuda.set_stream(stream)  # a failed capture can leave its side stream current
+            raise
         finally:
             for g, c in zip(groups, capturable):
                 if c is not None:
                     g["capturable"] = c
         self.graph, self.outputs = graph, (self.preds, self.loss)
+        self.ptrs = [p.data_ptr() for p in self.params]  # the storage the graph updates
         self.graph.replay()  # capture records the step without running it
 
     def eager(self, xb, yb):
