@@ -338,6 +338,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                 if start_epoch >= int(epochs) and resume_at["batch"] == 0:
                     _warn(f"{checkpoint} already holds {start_epoch} epochs and epochs={int(epochs)}: nothing left to "
                           "train (pass a larger epochs to train on)")
+        if resume_at is not None and fast and not all(g.get("fused") for g in opt.param_groups):
+            history.info["optimizer"] = _use_fused(opt)  # the checkpoint's groups (saved with fast=False) replaced ours
         history.info["seed"] = run.seed
         run.first_step = run.step
         graphed, history.info["step"] = _stepper(run, trn_dl, callbacks, fast)

@@ -357,3 +357,17 @@ def test_predict_missing_model_and_debug(tmp_path, capsys):
     for argv in (["--debug", "predict"], ["predict", "--debug"]):  # --debug before or after the command
         with pytest.raises(ExportError):
             main([*argv, "--model", str(tmp_path / "nope"), str(img)])
+
+
+def test_resume_with_fast_after_a_run_saved_with_fast_false_says_which_optimizer_ran(tmp_path):
+    from torch import nn, optim
+    from netfit import ImageClassifierData, fit
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int64)
+    md = ImageClassifierData.from_arrays(".", (x, y), (x[:64], y[:64]), bs=32, device="cpu")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 2), nn.LogSoftmax(dim=1))
+    fit(net, md, 1, optim.Adam(net.parameters()), verbose=False, fast=False, checkpoint=tmp_path / "ckpt")
+    opt = optim.Adam(net.parameters())
+    h = fit(net, md, 2, opt, verbose=False, checkpoint=tmp_path / "ckpt", resume=True)
+    assert h.info["optimizer"] == "Adam (fused kernel)" and all(g["fused"] for g in opt.param_groups), h.info
