@@ -5,6 +5,7 @@
     python bench/bench_fit.py --models logreg,mlp,cnn --contenders netfit,dataloader --device cuda
     python bench/bench_fit.py --quick               # smoke test: 10,000 rows, 1 timed epoch
     python bench/bench_fit.py --threads 1           # steadier on a busy machine (see bench/README.md)
+    python bench/bench_fit.py --defaults            # each library as it runs out of the box (bars, loggers on)
 
 The task is the lesson's: Fashion-MNIST (50,000 training rows, 10,000 validation rows, pixels
 normalised with the training mean and std), batch size 64, Adam at lr 1e-3, NLL loss on a net that
@@ -26,6 +27,14 @@ table gives the median accuracy over repeats with its range (one seed's accuracy
 point between contenders that shuffle differently). Repeats run the contenders in alternating order (forward, then reversed) so that a noisy
 neighbour or a warming CPU does not always hit the same one. Results are printed as a markdown table
 and written to bench/results/<machine>-<date>.md and .json.
+
+By default every contender runs with its output and bookkeeping off (netfit verbose=False, Lightning
+without logger, checkpoints, progress bar or model summary, Keras verbose=0, skorch verbose=0): the
+strictest comparison, of training loops alone. `--defaults` runs each as its documentation's first
+example does, with what it does by default left on: netfit's progress bar and epoch table, Lightning's
+progress bar, logger, checkpoint and model summary (into a temporary folder), Keras's progress bar,
+skorch's epoch table. The plain loops print nothing either way. Output goes to a pipe, not a terminal,
+for every contender alike.
 """
 import argparse
 import datetime
@@ -34,9 +43,11 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +58,7 @@ MODELS = ("logreg", "mlp", "cnn")
 RESULT_TAG = "BENCH_RESULT "  # the child prints its result as one JSON line after this tag
 QUICK_ROWS = 10_000           # training rows used by --quick
 SEED = 0                      # set per run by the parent: repeat r uses seed r (weights and shuffling)
+DEFAULTS = False              # set by --defaults: each library's output and bookkeeping as it ships
 
 
 # ---------------------------------------------------------------- the child: one contender, one model
@@ -103,7 +115,7 @@ def run_netfit(model, data, epochs, device):
     net = torch_model(model, device)
     md = ImageClassifierData.from_arrays("data/fashion", (x, y), (xv, yv), bs=BS, device=device)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
-    history = fit(net, md, epochs, opt, nn.NLLLoss(), metrics=[accuracy], callbacks=[Clock()], verbose=False)
+    history = fit(net, md, epochs, opt, nn.NLLLoss(), metrics=[accuracy], callbacks=[Clock()], verbose=DEFAULTS)
     return clock.times, history[-1]["accuracy"], history.info
 
 
@@ -203,12 +215,14 @@ def run_lightning(model, data, epochs, device):
             if batch_idx == trainer.num_training_batches - 1:
                 clock.stop()
 
+    quiet = {} if DEFAULTS else dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                     enable_model_summary=False, num_sanity_val_steps=0)
+    root = tempfile.mkdtemp(prefix="bench-lightning-")  # its logs and checkpoints under --defaults
     trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
-                        max_epochs=epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        callbacks=[Clock()])
+                        max_epochs=epochs, default_root_dir=root, callbacks=[Clock()], **quiet)
     module = Module()
     trainer.fit(module, trn, val)
+    shutil.rmtree(root, ignore_errors=True)
     return clock.times, module.correct / module.n, {}
 
 
@@ -247,7 +261,7 @@ def run_keras(model, data, epochs, device):
     net = keras_model(model)
     # no compiled metrics: they would add work to every training step that the other contenders skip
     net.compile(optimizer=keras.optimizers.Adam(LR), loss="sparse_categorical_crossentropy")
-    net.fit(x, y, batch_size=BS, epochs=epochs, shuffle=True, verbose=0, callbacks=[Clock()])
+    net.fit(x, y, batch_size=BS, epochs=epochs, shuffle=True, verbose="auto" if DEFAULTS else 0, callbacks=[Clock()])
     acc = float((net.predict(xv, batch_size=1024, verbose=0).argmax(1) == yv).mean())
     return clock.times, acc, {"backend": keras.backend.backend()}
 
@@ -271,7 +285,7 @@ def run_skorch(model, data, epochs, device):
     # log_softmax is log_softmax.
     net = NeuralNetClassifier(torch_model(model, device), criterion=torch.nn.CrossEntropyLoss,
                               optimizer=torch.optim.Adam, lr=LR, batch_size=BS, max_epochs=epochs,
-                              train_split=None, iterator_train__shuffle=True, device=device, verbose=0,
+                              train_split=None, iterator_train__shuffle=True, device=device, verbose=int(DEFAULTS),
                               callbacks=[Clock()])
     net.fit(x, y)
     return clock.times, float((net.predict(xv) == yv).mean()), {}
@@ -285,8 +299,8 @@ RUNNERS = {"netfit": run_netfit, "dataloader": run_dataloader, "slicing": run_sl
 def child(args):
     """Train one contender on one model and print its result after RESULT_TAG."""
     import torch
-    global SEED
-    SEED = args.seed
+    global SEED, DEFAULTS
+    SEED, DEFAULTS = args.seed, args.defaults
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {"contender": args.contender, "model": args.models, "seed": args.seed}
@@ -340,7 +354,8 @@ def run_child(contender, model, args, seed=0):
     if contender in PACKAGES and importlib.util.find_spec(PACKAGES[contender]) is None:
         return {"contender": contender, "model": model, "status": "not installed"}
     cmd = [sys.executable, __file__, "--contender", contender, "--models", model, "--epochs", str(args.epochs),
-           "--device", args.device, "--threads", str(args.threads), "--seed", str(seed)] + (["--quick"] if args.quick else [])
+           "--device", args.device, "--threads", str(args.threads), "--seed", str(seed)] + (["--quick"] if args.quick else []) + (
+           ["--defaults"] if args.defaults else [])
     env = dict(os.environ, KERAS_BACKEND="torch", PYTHONWARNINGS="ignore")
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -419,7 +434,7 @@ def write_report(runs, args):
     settings = {"machine": name, "netfit": netfit_source(), "cpu": cpu_model(), "date": date, "device": args.device,
                 "torch": torch.__version__, "python": platform.python_version(), "n_train": n_train,
                 "bs": BS, "lr": LR, "timed_epochs": args.epochs, "warmup_epochs": 1, "repeats": args.repeats,
-                "threads_option": args.threads}
+                "threads_option": args.threads, "defaults": args.defaults}
     netfit_info = next((r["info"] for r in runs if r["contender"] == "netfit" and r["status"] == "ok"), None)
     if netfit_info:
         settings["netfit_info"] = netfit_info
@@ -432,11 +447,12 @@ def write_report(runs, args):
           f"not timed); accuracy on the 10,000 validation rows after the last epoch. Wall-clock times: on a "
           f"shared machine other load adds noise."
           f"{' QUICK: one timed epoch of one repeat, a smoke test; its ratios can be far off.' if args.quick else ''}"
+          f"{' DEFAULTS: each library with its default output and bookkeeping on (progress bars, loggers, checkpoints, epoch tables), output to a pipe.' if args.defaults else ' Output and bookkeeping off in every contender.'}"
           f"{chr(10) + 'netfit History.info: ' + json.dumps(netfit_info) if netfit_info else ''}\n\n{table(rows)}\n")
     print("\n" + md)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{name}-{date}{'-quick' if args.quick else ''}"  # not Path.with_suffix: the name holds dots
+    stem = f"{name}-{date}{'-quick' if args.quick else ''}{'-defaults' if args.defaults else ''}"  # not Path.with_suffix: the name holds dots
     (out / f"{stem}.md").write_text(md)
     (out / f"{stem}.json").write_text(json.dumps({"settings": settings, "rows": rows, "runs": runs}, indent=2))
     print(f"wrote {out / stem}.md and .json", file=sys.stderr)
@@ -454,6 +470,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS} rows, 1 timed epoch, 1 repeat")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the results")
+    p.add_argument("--defaults", action="store_true",
+                   help="each library with its default output and bookkeeping on (progress bars, loggers, checkpoints)")
     p.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)  # set by the parent
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)       # set by the parent: the repeat
     args = p.parse_args(argv)

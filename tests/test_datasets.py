@@ -415,6 +415,10 @@ def test_get_data_verifies_and_leaves_nothing_on_a_mismatch(file_server, tmp_pat
     assert not (tmp_path / "new").exists()
     with pytest.raises(datasets.DatasetError, match="is a folder"):
         datasets.get_data(url + "mnist.pkl.gz", tmp_path / "data")
+    # a copy put there by hand that fails the given hash: the error says so, not just "copy it by hand"
+    with pytest.raises(datasets.DatasetError, match=r"uses it once it matches the hash given \(the copy there now was "
+                                                    r"not used: .*MD5"):
+        datasets.get_data(url + "missing.pkl.gz", dest, md5="0" * 32)
 
 
 def test_pickle_honours_n_train_and_scales_0_255_pixels(tmp_path):

@@ -226,3 +226,16 @@ def test_a_weight_given_new_storage_mid_fit_ends_the_graph(monkeypatch):
     assert "new storage" in hg.info["step"], hg.info
     for a, b in zip(eager.state_dict().values(), graphed.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_graphed_fit_keeps_a_rate_changed_in_place(monkeypatch):
+    # during a graphed epoch the rate is a device tensor: a callback multiplying it in place must be kept
+    class Decay:
+        def after_batch(self, run):
+            run.opt.param_groups[0]["lr"] *= 0.9
+    rates = {}
+    for graph in (False, True):
+        net, h = _fit(logreg, graph, monkeypatch, epochs=2, callbacks=[Decay()])
+        rates[graph] = [r["lr"] for r in h.records]
+    assert all(isinstance(r, float) for r in rates[True])
+    np.testing.assert_allclose(rates[True], rates[False], rtol=1e-5)  # 0.01 * 0.9**16 after epoch 0, not 0.01

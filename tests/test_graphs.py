@@ -163,8 +163,8 @@ def test_a_param_group_added_mid_fit_ends_the_graph_and_trains_eagerly(monkeypat
                 super().__init__()
                 self.body, self.extra = logreg(), extra
 
-            def forward(self, x):
-                return self.body(x) + 0 * self.extra(x[:, :2]).sum()
+            def forward(self, x):  # the extra layer's gradient is not zero: it must not add up over steps
+                return self.body(x) + 0.01 * self.extra(x[:, :2]).mean(1, keepdim=True)
         net, h = train(Net, static, monkeypatch, opt=lambda ps, lr: optim.Adam(list(ps)[:2], lr, fused=True),
                        callbacks=[AddGroup(extra)])  # the body's weights; the extra layer's join at batch 5
         results[static] = (net, h)

@@ -862,8 +862,29 @@ def test_the_lessons_log_softmax_without_dim_gets_one_note_not_torchs_warning_mi
         fit(net, md, 2, optim.Adam(net.parameters()), nn.NLLLoss(), [accuracy], verbose=False)
         return predict(net, md.val_dl)
     messages, preds = warned(lesson)
-    assert len(messages) == 2 and all("nn.LogSoftmax() (layer '3') has no dim" in m for m in messages), messages
+    assert len(messages) == 1 and "nn.LogSoftmax() in layer '3' has no dim" in messages[0], messages
+    assert messages[0].startswith("Implicit dimension choice for logsoftmax")  # a filter for PyTorch's covers it
     assert np.allclose(np.exp(preds).sum(1), 1, atol=1e-5)  # dim 1, the classes
+
+
+def test_the_implicit_dim_note_comes_once_per_layer_and_leaves_other_warnings_alone():
+    md = md_of()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(784, 10), nn.LogSoftmax())
+
+    class PredictEachEpoch:  # predict inside fit: no second note, no PyTorch warning mid-table
+        def after_epoch(self, run):
+            predict(run.model, md.val_dl)
+            warnings.warn("the user's own warning")
+    messages, _ = warned(lambda: [fit(net, md, 2, optim.Adam(net.parameters()), nn.NLLLoss(), verbose=False,
+                                      callbacks=[PredictEachEpoch()]), predict(net, md.val_dl)])
+    notes = [m for m in messages if "Implicit dimension choice" in m]
+    assert len(notes) == 1 and messages.count("the user's own warning") == 2, messages
+    with warnings.catch_warnings():  # warnings as errors, with an ignore written for PyTorch's own warning
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message="Implicit dimension choice")
+        fresh = nn.Sequential(nn.Linear(784, 10), nn.LogSoftmax())
+        fit(fresh, md, 1, optim.Adam(fresh.parameters()), nn.NLLLoss(), verbose=False)
 
 
 def test_epochs_zero_says_nothing_is_trained():
@@ -875,9 +896,11 @@ def test_epochs_zero_says_nothing_is_trained():
 def test_plots_refuses_rows_of_model_outputs_as_titles():
     from netfit import plots
     preds = predict(lesson_net(), XN[:8])
-    with pytest.raises(ValueError, match=r"titles are rows of 10 numbers .*preds.argmax\(1\)"):
-        plots(X[:8].reshape(-1, 28, 28), titles=preds)
+    for titles in (preds, torch.tensor(preds), list(preds), np.exp(preds)):  # log-probabilities, probabilities
+        with pytest.raises(ValueError, match=r"titles are rows of 10 numbers, a model's outputs .*preds.argmax\(1\)"):
+            plots(X[:8].reshape(-1, 28, 28), titles=titles)
     plots(X[:8].reshape(-1, 28, 28), titles=np.stack([preds.argmax(1), Y[:8]], 1))  # (pred, actual) pairs draw
+    plots(X[:8].reshape(-1, 28, 28), titles=np.stack([preds.argmax(1), Y[:8], np.exp(preds.max(1))], 1))  # + prob
 
 
 class BlowUpAt(Callback):
@@ -933,3 +956,27 @@ def test_epochs_given_an_optimizer_names_the_argument_order():
     with pytest.raises(FitError, match=r"got Adam in its place: the order is fit\(net, md, epochs, opt, crit") as e:
         fit(net, md_of(), opt, 1, nn.NLLLoss())
     assert "\n" not in str(e.value)  # not the optimizer's 14-line repr
+
+
+def test_a_nan_error_is_worded_for_weights_it_cannot_read():
+    # a LazyLinear never built, beside the layer whose forward gives NaN: the NaN error, not a ValueError
+    from netfit import NonFiniteLossError
+
+    class NaNForward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.unused = nn.Linear(784, 10), nn.LazyLinear(3)
+
+        def forward(self, x):
+            return torch.log(torch.softmax(self.lin(x), 1) - 0.5)
+    net = NaNForward()
+    with pytest.raises(NonFiniteLossError, match="before this fit updated anything") as e:
+        fit(net, md_of(), 1, optim.Adam(net.lin.parameters()), nn.NLLLoss(), verbose=False)
+    assert "'lin." in str(e.value) and e.value.history is not None
+
+
+def test_epochs_given_metrics_names_the_argument_order():
+    from netfit import FitError
+    net = lesson_net()
+    with pytest.raises(FitError, match=r"got a list of 1 functions \(metrics\?\) in its place: the order is"):
+        fit(net, md_of(), [accuracy])

@@ -5,6 +5,7 @@ torch (or, on CUDA, an opaque device-side assert). Also the default loss for a m
 import contextlib
 import math
 import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -304,26 +305,46 @@ def _forward_one(model, xb, what):
         model.train(was_training)
 
 
+_NOTED = weakref.WeakSet()  # Softmax-like layers without dim that have had their note
+_QUIET = [0]                # fit/predict calls inside one another that hold PyTorch's warning back
+
+
 def _implicit_dim_note(model):
-    """A context to run the model in (`fit`, `predict`): when a Softmax-like layer has no `dim` (the lesson's
-    `nn.LogSoftmax()`), one note now says which dim PyTorch takes, and PyTorch's own deprecation warning,
-    which comes again from each new call site (in `fit`, in the middle of the table), is held back."""
+    """A context to run the model in (`fit`, `predict`): when a Softmax-like layer has no `dim` (the
+    lesson's `nn.LogSoftmax()`), a note the first time netfit meets that layer says which dim PyTorch
+    takes, and PyTorch's own deprecation warning, which comes again from each new call site (in `fit`,
+    in the middle of the table), is held back. The note begins with PyTorch's words, so a filter
+    written for PyTorch's warning covers it too; only the outermost call enters the filter (entering
+    one resets Python's show-once memory of warnings)."""
     layers = [(n, m) for n, m in model.named_modules()
               if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)) and m.dim is None]
     if not layers:
         return contextlib.nullcontext()
-    name, layer = layers[0]
-    kind = type(layer).__name__
-    _warn(f"nn.{kind}() (layer {name!r}) has no dim: for (N, C) outputs PyTorch takes dim=1, the classes, as the "
-          f"lesson means; write nn.{kind}(dim=1) to say so and drop this note")
+    new = [(n, m) for n, m in layers if m not in _NOTED]
+    if new:
+        name, layer = new[0]
+        kind = type(layer).__name__
+        _warn(f"Implicit dimension choice for {kind.lower()}: nn.{kind}() in layer {name!r} has no dim. PyTorch takes "
+              f"dim=1 for 2-D (N, C) and 4-D outputs, the classes, as the lesson means (dim=0 for 1-D and 3-D "
+              f"ones); write nn.{kind}(dim=1) to say so. netfit says this once per layer, in place of "
+              "PyTorch's warning at every new call site")
+        _NOTED.update(m for _, m in layers)
     return _without_implicit_dim_warning()
 
 
 @contextlib.contextmanager
 def _without_implicit_dim_warning():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Implicit dimension choice", category=UserWarning)
+    if _QUIET[0]:
         yield
+        return
+    _QUIET[0] += 1
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Implicit dimension choice", category=UserWarning,
+                                    module="torch")
+            yield
+    finally:
+        _QUIET[0] -= 1
 
 
 def _shape_error(model, xb, e, what, last=None):

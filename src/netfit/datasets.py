@@ -461,24 +461,28 @@ def get_data(url, dest, sha256=None, md5=None, timeout=30.0, deadline=600.0):
     if dest.is_dir():
         raise DatasetError(f"{dest} is a folder; expected the file path to download to, such as "
                            f"{dest / (Path(urllib.parse.urlsplit(url).path).name or 'data')}")
+    stale = None
     if dest.is_file():
         try:
             _verified(dest.read_bytes(), spec, dest)
             return dest
-        except DatasetError:
-            pass  # a stale or damaged copy: download again
+        except DatasetError as e:
+            stale = str(e)  # a stale or damaged copy: download again
     try:  # verified before the rename to dest; nothing to parse
         _download(url, dest, spec, timeout, deadline, max_bytes=2_000_000_000, parse=lambda data, name: None)
     except urllib.error.HTTPError as e:
         e.close()
-        raise DatasetError(f"{url}: HTTP {e.code} {e.reason}{_by_hand(dest)}") from None
+        raise DatasetError(f"{url}: HTTP {e.code} {e.reason}{_by_hand(dest, spec, stale)}") from None
     except (OSError, http.client.HTTPException, ValueError) as e:
-        raise DatasetError(f"{url}: {type(e).__name__}: {e}{_by_hand(dest)}") from None
+        raise DatasetError(f"{url}: {type(e).__name__}: {e}{_by_hand(dest, spec, stale)}") from None
     return dest
 
 
-def _by_hand(dest):
-    return f". To go on without this download, copy the file to {dest} by hand; get_data then uses it as it is"
+def _by_hand(dest, spec, stale):
+    """The way out of a failed download: the file copied in by hand (and why the copy there was not used)."""
+    check = " once it matches the hash given" if spec.gz_md5 or spec.file_sha256 else ""
+    there = f" (the copy there now was not used: {stale})" if stale else ""
+    return f". To go on without this download, copy the file to {dest} by hand; get_data then uses it{check}{there}"
 
 
 def named_by(path):

@@ -112,10 +112,13 @@ class NetClassifier(ClassifierMixin, BaseEstimator):
         # so every fit starts afresh (np.random.seed makes a series of fits repeatable)
         seed = (int(self.random_state) if isinstance(self.random_state, (int, np.integer))
                 else int(check_random_state(self.random_state).randint(2 ** 31 - 1)))
-        # seed weights and shuffling; leave the caller's torch RNGs alone (manual_seed seeds every GPU's too)
-        gpus = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=gpus):
-            torch.manual_seed(seed)
+        # seed weights and shuffling; leave the caller's torch RNGs alone (torch.manual_seed would seed every
+        # GPU's too, lazily, even for a fit on the CPU): only the generators this fit draws from
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.default_generator.manual_seed(seed)
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
             module = self._build(X.shape[1], len(classes)).to(device)
             crit = self._crit(module)
             outputs = self._outputs_kind(module, crit)

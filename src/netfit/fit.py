@@ -25,7 +25,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .checks import _ORDER, FitError, _check_args, _implicit_dim_note, _check_data, _check_first_batch, _check_metrics, _check_opt, _default_crit
+from .checks import (_ORDER, FitError, _check_args, _check_data, _check_first_batch, _check_metrics, _check_opt,
+                     _default_crit, _implicit_dim_note)
 from .data import DataError, _warn
 from .distributed import all_reduce_sum as dist_all_reduce_sum
 from .distributed import barrier as dist_barrier
@@ -666,32 +667,39 @@ def _finite(run, losses):
 def _bad_epochs(epochs):
     """FitError's text for an `epochs` that is not a count: an optimizer, loss or metrics there is an
     argument-order slip (fastai 0.7's fit(model, data, epochs, opt, crit)); long reprs cut to a line."""
-    if isinstance(epochs, torch.optim.Optimizer) or isinstance(epochs, nn.Module) or callable(epochs):
-        what = type(epochs).__name__ if not callable(epochs) or isinstance(epochs, nn.Module) else (
-            getattr(epochs, "__name__", type(epochs).__name__))
+    if (isinstance(epochs, (torch.optim.Optimizer, nn.Module)) or callable(epochs)
+            or (isinstance(epochs, (list, tuple)) and epochs and all(map(callable, epochs)))):  # metrics
+        what = (f"a list of {len(epochs)} functions (metrics?)" if isinstance(epochs, (list, tuple)) else
+                type(epochs).__name__ if not callable(epochs) or isinstance(epochs, nn.Module) else
+                getattr(epochs, "__name__", type(epochs).__name__))
         return f"epochs must be a non-negative integer; got {what} in its place: {_ORDER}"
     text = " ".join(repr(epochs).split())
     return f"epochs must be a non-negative integer; got {text[:80] + ('...' if len(text) > 80 else '')}"
 
 
 def _largest_weight(model):
-    """(largest |weight|, its parameter's name) of the model: NaN as soon as one weight is NaN."""
+    """(largest |weight|, its parameter's name) of the model: NaN as soon as one weight is NaN. Weights
+    that cannot be read as numbers (a LazyLinear not yet built, meta, sparse or float8 tensors) are
+    passed over: this only words an error, it must not replace it."""
     big, name = 0.0, None
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if p.numel():
-                m = p.detach().abs().max().item()
-                if not m <= big:  # NaN too
-                    big, name = m, n
-                if math.isnan(m):
-                    break
+            try:
+                m = p.detach().abs().max().item() if p.numel() and p.is_floating_point() else 0.0
+            except (RuntimeError, ValueError, TypeError, NotImplementedError):
+                continue
+            if not m <= big:  # NaN too
+                big, name = m, n
+            if math.isnan(m):
+                break
     return big, name
 
 
 def _non_finite_error(run, value, where, step):
     """The NonFiniteLossError both training loops raise: what, where, the checkpoint, and what to try,
     which depends on the weights: once they have blown up, no learning rate brings them back. `step`:
-    the optimizer step whose loss it was (None when only a range of steps is known)."""
+    the optimizer step whose loss it was (None when only a range of steps is known, on a GPU: the
+    updates in that range were applied)."""
     big, name = _largest_weight(run.model)
     blown = not big < 1e6  # inf and NaN too
     weights = f"largest |weight| {big:.3g}, in {name!r}"
@@ -704,12 +712,14 @@ def _non_finite_error(run, value, where, step):
         advice = (f", before this fit updated anything ({weights}): the inputs or the model's forward give NaN/inf. "
                   "Check the inputs for NaN/inf, and the forward for log/sqrt/division of values that can be 0 or less.")
     elif blown:
-        advice = (f". The weights are left as that step found them ({weights}): build the model and its optimizer "
-                  f"again{' (or load the checkpoint)' if run.checkpoint else ''}, then fit with a lower learning rate.")
+        state = ("are left as that step found them" if step is not None else
+                 "took the updates of the steps since the last check")
+        advice = (f". The weights {state} ({weights}): build the model and its optimizer again, then fit with a "
+                  "lower learning rate.")
     else:
         advice = ". Try a lower learning rate, or check the inputs for NaN/inf."
     error = NonFiniteLossError(f"training loss became {value} at {where}; stopped there" + advice
-                               + (f" The last good checkpoint is {run.checkpoint}." if run.checkpoint else "")
+                               + (f" The last checkpoint was saved before it, at {run.checkpoint}." if run.checkpoint else "")
                                + " The epochs before it: error.history (in a notebook, after the error: "
                                "import sys; sys.last_value.history).")
     error.history = run.history

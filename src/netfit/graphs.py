@@ -31,6 +31,7 @@ counted; during a graphed epoch `param_groups[i]["lr"]` is a 0-d device tensor.
 """
 import contextlib
 
+import numpy as np
 import torch
 from torch.nn.modules import module as _module
 from torch.optim import optimizer as _optimizer
@@ -175,7 +176,7 @@ class GraphedStep:
         self.params = [p for g in opt.param_groups for p in g["params"]]
         self.sizes = [len(g["params"]) for g in opt.param_groups]  # the groups the graph was built for
         self.lrs = [torch.tensor(float(g["lr"]), device=device) for g in opt.param_groups] if capture else None
-        self.lr_floats = None  # each group's rate as the float last written (the tensors hold it in float32)
+        self.lr_floats = None  # per group: (the rate as the float last written, the tensor's float32 reading of it)
         self.ptrs = None  # the weights' storage when captured
         self.graph, self.warm, self.recaptures, self.preds, self.loss = None, 0, 0, None, None
         self.outputs = None  # the captured graph's preds and loss, which each replay overwrites
@@ -192,10 +193,20 @@ class GraphedStep:
             self.why_not = "the model has hooks"
         self._check_groups()
         if self.capture and not self.why_not:  # the captured kernels read the rates from these tensors
-            self.lr_floats = [float(g["lr"]) for g in self.opt.param_groups]
-            for g, t, lr in zip(self.opt.param_groups, self.lrs, self.lr_floats):
-                t.fill_(lr)
-                g["lr"] = t
+            self.lr_floats = []
+            for g, t in zip(self.opt.param_groups, self.lrs):
+                self._write_rate(g, t, len(self.lr_floats))
+
+    def _write_rate(self, group, t, i):
+        """Put a group's float rate into its device tensor, and the tensor in the group; remember the float."""
+        lr = float(group["lr"])
+        t.fill_(lr)
+        group["lr"] = t
+        entry = (lr, float(np.float32(lr)) if t.dtype == torch.float32 else lr)  # what float(t) will read
+        if i < len(self.lr_floats):
+            self.lr_floats[i] = entry
+        else:
+            self.lr_floats.append(entry)
 
     def _check_groups(self):
         """Give up when a callback added a param group or moved parameters between groups, or gave a
@@ -212,8 +223,9 @@ class GraphedStep:
         """Put plain floats back in the param groups (what checkpoints, the history and users see)."""
         if self.capture:
             for i, (g, t) in enumerate(zip(self.opt.param_groups, self.lrs)):
-                if g["lr"] is t:  # the float as written, not read back from float32 (0.01, not 0.0099999998)
-                    g["lr"] = self.lr_floats[i] if self.lr_floats else float(t)
+                if g["lr"] is t:  # the float as written (0.01, not 0.0099999998), unless the tensor was changed in place
+                    written, reading = self.lr_floats[i] if i < len(self.lr_floats or ()) else (None, None)
+                    g["lr"] = written if written is not None and float(t) == reading else float(t)
         self._drop_grads()  # as after an eager epoch; the graph keeps its own gradient buffers
 
     def load(self, order, i):
@@ -260,9 +272,7 @@ class GraphedStep:
         if self.capture and not self.why_not:  # after giving up, an optimizer a callback swapped in keeps float rates
             for i, (g, t) in enumerate(zip(self.opt.param_groups, self.lrs)):
                 if g["lr"] is not t:
-                    self.lr_floats[i] = float(g["lr"])
-                    t.fill_(self.lr_floats[i])
-                    g["lr"] = t
+                    self._write_rate(g, t, i)
         # what the captured kernels bake in: hyperparameters, which parameters train, layer modes
         hyper = ([tuple(g.get(k) for k in _HYPER) for g in self.opt.param_groups],
                  [p.requires_grad for p in self.params], [m.training for m in self.model.modules()])
@@ -325,6 +335,9 @@ class GraphedStep:
     def _drop_grads(self):
         for p in self.params:
             p.grad = None
+        for g in self.opt.param_groups:  # parameters a callback added to the optimizer since
+            for p in g["params"]:
+                p.grad = None
 
     def _static_step(self):
         """The step, eagerly, over the static buffers (warm-up; on the CPU the stand-in for a replay)."""
@@ -360,8 +373,10 @@ class GraphedStep:
     def eager(self, xb, yb):
         """One eager step on a batch outside the static buffers (the short last batch)."""
         self._sync_hyper()
-        kept = [p.grad for p in self.params]
-        self._drop_grads()
+        kept = [p.grad for p in self.params]  # the graph's gradient buffers: a replay writes into them
+        for p in self.params:
+            p.grad = None
         self.preds, self.loss = self._forward_backward_step(xb, yb, len(yb))
+        self._drop_grads()  # as the eager loop's zero_grad after a step: a param group added since the capture too
         for p, g in zip(self.params, kept):
             p.grad = g

@@ -115,11 +115,10 @@ def plots(ims, figsize=(12, 6), rows=2, titles=None, colors=None):
         raise ValueError(f"titles must be one label per image (a list or array); got the string {titles!r}")
     if titles is not None and len(titles) != len(ims):
         raise ValueError(f"got {len(titles)} titles for {len(ims)} images; expected one per image")
-    shape = tuple(getattr(titles, "shape", ()))
-    if len(shape) == 2 and shape[1] > 2 and getattr(titles, "dtype", None) is not None and str(titles.dtype).startswith(
-            ("float", "torch.float", "torch.bfloat")):  # a (pred, actual) pair per image stays a fine title
-        raise ValueError(f"titles are rows of {shape[1]} numbers (a model's outputs?), one row per image; expected "
-                         "one label per image: pass preds.argmax(1)[:n] (the predicted classes)")
+    if titles is not None and _model_outputs(titles):
+        raise ValueError(f"titles are rows of {len(titles[0])} numbers, a model's outputs (log-probabilities or "
+                         "probabilities), one row per image; expected one label per image: pass preds.argmax(1)[:n] "
+                         "(the predicted classes)")
     rows = max(1, min(int(rows), len(ims)))
     cols = int(np.ceil(len(ims) / rows))
     fig = _figure(figsize)
@@ -131,6 +130,18 @@ def plots(ims, figsize=(12, 6), rows=2, titles=None, colors=None):
             ax.title.set_color(colors[i])
     fig.tight_layout()
     return fig
+
+
+def _model_outputs(titles):
+    """True when titles are rows of 3 or more class scores as `predict` gives them: log-probabilities
+    (all <= 0) or probabilities (rows summing to 1). A (pred, actual, prob) row per image is not."""
+    try:
+        a = np.asarray(titles.detach().cpu() if hasattr(titles, "detach") else titles)
+    except (ValueError, TypeError, RuntimeError):  # ragged or mixed titles: labels, not outputs
+        return False
+    if a.ndim != 2 or a.shape[1] < 3 or a.dtype.kind != "f" or not np.isfinite(a).all():
+        return False
+    return bool((a <= 0).all() or ((a >= 0).all() and np.allclose(a.sum(1), 1, atol=1e-3)))
 
 
 def plot_history(history, figsize=(10, 4)):
