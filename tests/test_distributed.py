@@ -215,3 +215,29 @@ def test_cli_trains_under_torchrun(tmp_path):
     written = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"history.png", "metrics.json", "model.json", "model.safetensors", "predictions.png"} <= written
     assert not any(".tmp." in name for name in written)  # no half-written files from other ranks
+
+
+def test_mistakes_under_torchrun_end_in_one_clear_error_on_every_rank(tmp_path):
+    # different data per rank (an unseeded split), a 1-row BatchNorm batch on a rank, and a mid-epoch
+    # checkpoint resumed under another number of processes: each rank raises the same error, no hang
+    from netfit import Callback
+    ckpt = tmp_path / "mid.ckpt"
+
+    class StopAfter4(Callback):
+        def after_batch(self, run):
+            if run.batch == 4:
+                raise KeyboardInterrupt
+    net = worker.make_model()
+    with pytest.raises(KeyboardInterrupt):  # one process, batch 8: the checkpoint of step 3 (24 rows in)
+        fit(net, worker.make_data(8), 1, worker.make_opt(net), nn.NLLLoss(), verbose=False, checkpoint=ckpt,
+            checkpoint_every=3, callbacks=[StopAfter4()], seed=5)
+    shutil.copy(ckpt, tmp_path / "mid_copy.ckpt")
+    torchrun([str(SCRIPT.parent / "mistakes.py"), "--out", str(tmp_path), "--ckpt", str(ckpt)], cwd=tmp_path)
+    r0, r1 = (json.loads((tmp_path / f"mistakes{r}.json").read_text()) for r in range(2))
+    assert r0["different_data"] == r1["different_data"] and r0["different_data"]["error"] == "FitError"
+    assert "given different data" in r0["different_data"]["message"], r0
+    assert "training inputs (a checksum" in r0["different_data"]["message"]
+    assert r0["batchnorm_one_row"]["error"] == r1["batchnorm_one_row"]["error"] == "DataError"
+    assert "the last batch of rank 0, 1 holds 1 row" in r0["batchnorm_one_row"]["message"], r0
+    assert r0["resume_bs8"]["error"] == "FitError" and "no whole number of batches of 8 on 2" in r0["resume_bs8"]["message"]
+    assert r0["resume_bs4"]["ok"]["resumed_from"]["batch"] == 3 and r0["resume_bs4"]["ok"]["first_batch"] == 3

@@ -258,14 +258,21 @@ def _check_outputs(model, crit, out):
 
 
 def _check_last_batch(model, dl, x):
-    """DataError when the last training batch holds one row and a BatchNorm layer would then see one
-    value per channel, which it cannot normalise in training (torch says so mid-epoch, deep in the
-    model). BatchNorm2d on images sees H*W values per channel and is fine."""
-    if not hasattr(dl, "n_batches") or getattr(dl, "drop_last", False) or torch.distributed.is_initialized():
+    """DataError when a training step would feed a BatchNorm layer one row: the last batch holds one
+    (under torchrun: some rank's last batch, or the 1-row stand-in a rank with a batch fewer steps on),
+    and the layer would then see one value per channel, which it cannot normalise in training (torch
+    says so mid-epoch, deep in the model). BatchNorm2d on images sees H*W values per channel and is fine."""
+    if not hasattr(dl, "n_batches") or getattr(dl, "drop_last", False):
         return
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    n = dl.n_batches() if norms else 0
-    if not n or dl.rows(n - 1) != 1:
+    if not norms:
+        return
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    counts = [dl.n_batches(r, world) for r in range(world)]
+    ones = [r for r in range(world) if counts[r] and dl.rows(counts[r] - 1, r, world) == 1]
+    short = [r for r in range(world) if counts[r] < counts[0]]  # see fit's _in_lockstep
+    if not ones and not short:
         return
     seen = []
     hooks = [m.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].numel() // max(inp[0].shape[1], 1)))
@@ -275,10 +282,16 @@ def _check_last_batch(model, dl, x):
     finally:
         for h in hooks:
             h.remove()
-    if 1 in seen:
-        raise DataError(f"the last training batch holds 1 row ({len(dl.x)} rows in batches of {dl.bs}), and the "
-                        "model's BatchNorm cannot train on a single value per channel: choose a batch size that "
-                        "leaves at least 2 rows in the last batch")
+    if 1 not in seen:
+        return
+    if world == 1:
+        which = f"the last training batch holds 1 row ({len(dl.x)} rows in batches of {dl.bs})"
+    else:
+        which = (f"under {world} processes, each taking every {world}th of the {len(dl.x)} rows in batches of {dl.bs}, "
+                 + (f"the last batch of rank {', '.join(map(str, ones))} holds 1 row" if ones else
+                    f"rank {', '.join(map(str, short))} has a batch fewer and steps on a 1-row stand-in"))
+    raise DataError(f"{which}, and the model's BatchNorm cannot train on a single value per channel: choose a batch "
+                    "size (or row count) that leaves at least 2 rows in every batch")
 
 
 def _forward_one(model, xb, what):

@@ -34,6 +34,7 @@ rank. With a per-rank batch b, step i uses the same rows as step i of a single p
 """
 import atexit
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -79,6 +80,10 @@ def setup(device):
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(torch.device(device))
+        if "TORCHELASTIC_RUN_ID" not in os.environ:  # not torchrun: perhaps variables left from another run
+            print(f"netfit: WORLD_SIZE={world()} and RANK={rank()} are set in the environment: joining a process group "
+                  f"at {os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')} and waiting for "
+                  "the other processes (unset WORLD_SIZE to train in this process alone)", file=sys.stderr, flush=True)
         try:
             dist.init_process_group(backend)
         except RuntimeError as e:
@@ -128,6 +133,21 @@ def shared_seed(device, seed=None):
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast(seed, src=0)
     return int(seed.item())
+
+
+def disagreement(named_values, device):
+    """Under torchrun: where the ranks' values differ (`named_values`: (name, float) pairs, the same names
+    on every rank), as text; None when they agree. Every rank calls, and all get the same answer."""
+    if not _active():
+        return None
+    w, r = dist.get_world_size(), dist.get_rank()
+    table = torch.zeros(w, len(named_values), dtype=torch.float64, device=device)
+    table[r] = torch.tensor([float(v) for _, v in named_values], dtype=torch.float64)
+    dist.all_reduce(table, op=dist.ReduceOp.SUM)  # each rank fills its own row of zeros
+    table = table.cpu()
+    bad = [f"{name}: " + ", ".join(f"rank {k} {table[k, j].item():.10g}" for k in range(w))
+           for j, (name, _) in enumerate(named_values) if not bool((table[:, j] == table[0, j]).all())]
+    return "; ".join(bad) or None
 
 
 def gather_rows(local, n, r, w):

@@ -31,6 +31,7 @@ from .data import DataError, _warn
 from .distributed import all_reduce_sum as dist_all_reduce_sum
 from .distributed import barrier as dist_barrier
 from .distributed import broadcast_buffers as dist_broadcast_buffers
+from .distributed import disagreement as dist_disagreement
 from .distributed import rank as dist_rank
 from .distributed import setup as dist_setup
 from .distributed import shared_seed as dist_shared_seed
@@ -294,6 +295,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
         distributed = dist_setup(device)
         if hasattr(data, "to"):
             data.to(device)  # the arrays move once, not per batch
+        if distributed:
+            _check_ranks_agree(trn_dl, val_dl, epochs, device)
         if not any(p.requires_grad for p in model.parameters()):
             raise FitError("the model has no parameters to train" + (" (all have requires_grad=False: frozen?)"
                                                                       if any(True for _ in model.parameters()) else ""))
@@ -336,6 +339,8 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                 if order is not None and hasattr(trn_dl, "x") and len(order) != len(trn_dl.x):
                     raise FitError(f"{checkpoint}: the checkpoint stopped mid-epoch over {len(order)} training rows; "
                                    f"the data has {len(trn_dl.x)}. Resume with the data it was saved with")
+                if resume_at["batch"] and "world" in resume_at:
+                    resume_at["batch"] = _resume_batch(resume_at, trn_dl, world, checkpoint)
                 if start_epoch >= int(epochs) and resume_at["batch"] == 0:
                     _warn(f"{checkpoint} already holds {start_epoch} epochs and epochs={int(epochs)}: nothing left to "
                           "train (pass a larger epochs to train on)")
@@ -664,6 +669,27 @@ def _finite(run, losses):
     raise _non_finite_error(run, value, where, run.step)
 
 
+def _check_ranks_agree(trn_dl, val_dl, epochs, device):
+    """FitError on every rank when the processes under torchrun were given different data, batch sizes
+    or epochs: each would train on its own data without a word (an unseeded random split), or wait
+    forever for the others (other epochs or batch counts). Compares counts and a checksum of a few
+    hundred rows of each array: one small all-reduce."""
+    values = [("epochs", epochs)]
+    for what, dl in (("training", trn_dl), ("validation", val_dl)):
+        if dl is None:
+            continue
+        x, y = getattr(dl, "x", None), getattr(dl, "y", None)
+        values += [(f"{what} rows", len(x) if x is not None else len(dl)), (f"{what} batch size", getattr(dl, "bs", 0) or 0)]
+        for name, a in ((f"{what} inputs", x), (f"{what} labels", y)):
+            if isinstance(a, torch.Tensor) and a.numel():
+                values.append((f"{name} (a checksum of some rows)", a[::max(1, len(a) // 256)].double().sum().item()))
+    bad = dist_disagreement(values, device)
+    if bad:
+        raise FitError(f"the processes under torchrun were given different data or settings ({bad}); every process "
+                       "must build the same arrays (seed a random split alike on all of them) and pass the same "
+                       "batch size and epochs: fit shares the rows out between them itself")
+
+
 def _bad_epochs(epochs):
     """FitError's text for an `epochs` that is not a count: an optimizer, loss or metrics there is an
     argument-order slip (fastai 0.7's fit(model, data, epochs, opt, crit)); long reprs cut to a line."""
@@ -778,6 +804,9 @@ def _save(run, epoch, batch, order, losses):
         "order": order.cpu() if order is not None else None,
         "loss_values": values, "loss_counts": counts, "seed": run.seed,
         "history": run.history.records, "rng": rng_state(),
+        # the ranks' first `batch` batches cover positions [0, batch * bs * world) of `order`: with
+        # these, a resume under another number of processes or batch size finds where that is
+        "world": run.world, "bs": getattr(_loaders(run.data)[0], "bs", None),
     }
     save_checkpoint(run.checkpoint, state)
 
@@ -810,6 +839,22 @@ def _restore(run, path):
     if state["batch"] == 0:
         set_rng_state(state["rng"])  # at an epoch boundary: the next permutation is drawn from here
     return state
+
+
+def _resume_batch(state, dl, world, path):
+    """The batch to resume a mid-epoch checkpoint at under `world` processes and `dl.bs`: the ranks'
+    batches 0..k-1 covered the first k * bs * world rows of the epoch's order, whoever wrote it."""
+    k, bs, saved_world = state["batch"], state.get("bs"), state["world"]
+    new_bs = getattr(dl, "bs", None)
+    if (saved_world, bs) == (world, new_bs) or bs is None or new_bs is None:
+        return k
+    done = k * bs * saved_world
+    if done % (new_bs * world):
+        raise FitError(f"{path}: the checkpoint stopped mid-epoch after {done} rows of the epoch ({k} batches of "
+                       f"{bs} on {saved_world} process{'es' if saved_world > 1 else ''}), which is no whole number of "
+                       f"batches of {new_bs} on {world}; resume with {saved_world} process"
+                       f"{'es' if saved_world > 1 else ''} and batch size {bs}, or from a checkpoint at an epoch's end")
+    return done // (new_bs * world)
 
 
 def _restore_callbacks(callbacks, saved, path):

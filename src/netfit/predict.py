@@ -81,8 +81,12 @@ def _outputs(model, dl):
     t = torch.cat(targs) if targs else None
     if sharded:  # back to one array in the original row order, on every rank
         n = len(dl.x)
-        p = gather_rows(p, n, rank, world)
-        t = gather_rows(t, n, rank, world) if t is not None else None
+        try:
+            p = gather_rows(p, n, rank, world)
+            t = gather_rows(t, n, rank, world) if t is not None else None
+        except RuntimeError as e:  # e.g. gloo's "Connection closed by peer": the other ranks did not call
+            raise RuntimeError(f"{e}\nnetfit: under torchrun every process must call predict (each predicts its "
+                               "share of the rows, then they are gathered); a call on one rank alone cannot finish") from e
     return p.cpu().numpy(), (t.cpu().numpy() if t is not None else None)
 
 

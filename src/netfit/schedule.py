@@ -29,7 +29,7 @@ import torch
 
 from .checkpoint import rng_state, set_rng_state
 from .data import _warn
-from .distributed import all_reduce_sum, rank, world
+from .distributed import all_reduce_sum, world
 from .fit import CancelFit, Callback, _group_rates, _loaders, _model_device, _spread, fit, set_lrs
 
 __all__ = ["Schedule", "one_cycle", "cosine", "step_decay", "fit_one_cycle", "lr_find", "LRFinderResult",
@@ -328,7 +328,8 @@ def lr_find(model, data, crit=None, opt=None, start_lr=1e-7, end_lr=10, num_it=2
     saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
     saved_opt, saved_rng, was_training = copy.deepcopy(opt.state_dict()), rng_state(), model.training
     sweep = _Sweep(start_lr, end_lr, num_it, beta, stop_div)
-    per_epoch = trn_dl.n_batches(rank(), world()) if hasattr(trn_dl, "n_batches") else len(trn_dl)  # this rank's
+    # steps per epoch: every rank takes rank 0's count (see fit's _in_lockstep), so all ranks ask for the same epochs
+    per_epoch = trn_dl.n_batches(0, world()) if hasattr(trn_dl, "n_batches") else len(trn_dl)
     try:
         fit(model, (trn_dl, None), math.ceil(num_it / per_epoch), opt, crit, None,
             list(callbacks or []) + [sweep], verbose=False, amp=amp)

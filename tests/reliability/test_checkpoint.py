@@ -371,3 +371,36 @@ def test_resume_with_fast_after_a_run_saved_with_fast_false_says_which_optimizer
     opt = optim.Adam(net.parameters())
     h = fit(net, md, 2, opt, verbose=False, checkpoint=tmp_path / "ckpt", resume=True)
     assert h.info["optimizer"] == "Adam (fused kernel)" and all(g["fused"] for g in opt.param_groups), h.info
+
+
+def test_a_mid_epoch_checkpoint_resumes_at_the_same_row_under_another_batch_size(tmp_path):
+    # the ranks' first k batches cover k * bs * world rows of the epoch's order: a resume under another
+    # batch size or number of processes starts at that row, or is refused where no batch starts there
+    from torch import nn, optim
+    from netfit import FitError, ImageClassifierData, fit
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 8)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int64)
+
+    class StopAt:  # an interrupt after batch 4 of epoch 0; the checkpoint of step 3 is the last
+        def after_batch(self, run):
+            if run.batch == 4:
+                raise KeyboardInterrupt
+
+    class FirstBatch:
+        def before_batch(self, run):
+            self.first = getattr(self, "first", run.batch)
+
+    def run(bs, callbacks, resume):
+        md = ImageClassifierData.from_arrays(".", (x, y), (x[:64], y[:64]), bs=bs, device="cpu")
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(8, 2), nn.LogSoftmax(dim=1))
+        return fit(net, md, 1, optim.Adam(net.parameters()), verbose=False, checkpoint=tmp_path / "ckpt",
+                   checkpoint_every=3, resume=resume, callbacks=callbacks, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        run(32, [StopAt()], False)
+    with pytest.raises(FitError, match=r"after 96 rows of the epoch \(3 batches of 32 on 1 process\), which is no whole "
+                                        r"number of batches of 64 on 1"):
+        run(64, [], True)
+    first = FirstBatch()
+    h = run(16, [first], True)
+    assert h.info["resumed_from"]["batch"] == 3 and first.first == 6  # 96 rows in: batch 6 of 16 rows
