@@ -446,7 +446,7 @@ def write_report(runs, args):
           f"median of {args.epochs} timed epochs x {args.repeats} repeats after 1 warm-up epoch (validation "
           f"not timed); accuracy on the 10,000 validation rows after the last epoch. Wall-clock times: on a "
           f"shared machine other load adds noise."
-          f"{' QUICK: one timed epoch of one repeat, a smoke test; its ratios can be far off.' if args.quick else ''}"
+          f"{f' QUICK: {QUICK_ROWS:,} training rows, a smoke test; its ratios can be far off.' if args.quick else ''}"
           f"{' DEFAULTS: each library with its default output and bookkeeping on (progress bars, loggers, checkpoints, epoch tables), output to a pipe.' if args.defaults else ' Output and bookkeeping off in every contender.'}"
           f"{chr(10) + 'netfit History.info: ' + json.dumps(netfit_info) if netfit_info else ''}\n\n{table(rows)}\n")
     print("\n" + md)

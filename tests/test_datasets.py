@@ -463,3 +463,17 @@ def test_a_damaged_gz_does_not_block_a_good_unpacked_copy(tmp_path):
     (tmp_path / "raw" / (STEMS[0] + ".gz")).write_bytes(gzip.compress(data, mtime=0)[:-100])  # truncated
     with pytest.warns(UserWarning, match="read without a hash check"):
         check_splits(load_tiny(files, path=tmp_path / "raw"), arrays)
+
+
+def test_mnist_finds_the_lessons_pickle_in_data_mnist_of_this_folder(tmp_path, monkeypatch):
+    # the lesson: get_data(URL+FILENAME, "data/mnist/" + FILENAME), then datasets.mnist() with no path
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(datasets.DatasetError, match=r"data/mnist/mnist\.pkl\.gz \(the lesson's pickle, from this folder\)"):
+        datasets.load("mnist", cache=tmp_path / "empty", system_dirs=(), download=False)
+    (tmp_path / "data" / "mnist").mkdir(parents=True)
+    splits = lesson_splits(2)
+    (tmp_path / "data" / "mnist" / "mnist.pkl.gz").write_bytes(gzip.compress(pickle.dumps(splits)))
+    (x, y), _, _ = datasets.load("mnist", cache=tmp_path / "empty", system_dirs=(), download=False)
+    np.testing.assert_array_equal(y, splits[0][1])
+    with pytest.raises(datasets.DatasetError):  # not for Fashion-MNIST
+        datasets.load("fashion-mnist", cache=tmp_path / "empty", system_dirs=(), download=False)

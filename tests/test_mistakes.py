@@ -863,7 +863,7 @@ def test_the_lessons_log_softmax_without_dim_gets_one_note_not_torchs_warning_mi
         return predict(net, md.val_dl)
     messages, preds = warned(lesson)
     assert len(messages) == 1 and "nn.LogSoftmax() in layer '3' has no dim" in messages[0], messages
-    assert messages[0].startswith("Implicit dimension choice for logsoftmax")  # a filter for PyTorch's covers it
+    assert messages[0].startswith("Implicit dimension choice for log_softmax has been deprecated")  # PyTorch's words
     assert np.allclose(np.exp(preds).sum(1), 1, atol=1e-5)  # dim 1, the classes
 
 
@@ -882,7 +882,7 @@ def test_the_implicit_dim_note_comes_once_per_layer_and_leaves_other_warnings_al
     assert len(notes) == 1 and messages.count("the user's own warning") == 2, messages
     with warnings.catch_warnings():  # warnings as errors, with an ignore written for PyTorch's own warning
         warnings.simplefilter("error")
-        warnings.filterwarnings("ignore", message="Implicit dimension choice")
+        warnings.filterwarnings("ignore", message="Implicit dimension choice for log_softmax has been deprecated")
         fresh = nn.Sequential(nn.Linear(784, 10), nn.LogSoftmax())
         fit(fresh, md, 1, optim.Adam(fresh.parameters()), nn.NLLLoss(), verbose=False)
 

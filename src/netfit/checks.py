@@ -337,7 +337,9 @@ def _implicit_dim_note(model):
     if new:
         name, layer = new[0]
         kind = type(layer).__name__
-        _warn(f"Implicit dimension choice for {kind.lower()}: nn.{kind}() in layer {name!r} has no dim. PyTorch takes "
+        function = {"LogSoftmax": "log_softmax", "Softmax": "softmax", "Softmin": "softmin"}[kind]
+        _warn(f"Implicit dimension choice for {function} has been deprecated (PyTorch's words): nn.{kind}() in layer "
+              f"{name!r} has no dim. PyTorch takes "
               f"dim=1 for 2-D (N, C) and 4-D outputs, the classes, as the lesson means (dim=0 for 1-D and 3-D "
               f"ones); write nn.{kind}(dim=1) to say so. netfit says this once per layer, in place of "
               "PyTorch's warning at every new call site")
