@@ -468,7 +468,7 @@ def test_a_damaged_gz_does_not_block_a_good_unpacked_copy(tmp_path):
 def test_mnist_finds_the_lessons_pickle_in_data_mnist_of_this_folder(tmp_path, monkeypatch):
     # the lesson: get_data(URL+FILENAME, "data/mnist/" + FILENAME), then datasets.mnist() with no path
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(datasets.DatasetError, match=r"data/mnist/mnist\.pkl\.gz \(the lesson's pickle, from this folder\)"):
+    with pytest.raises(datasets.DatasetError, match=r"data/mnist/mnist\.pkl\.gz \(the lesson's pickle, under the current folder\)"):
         datasets.load("mnist", cache=tmp_path / "empty", system_dirs=(), download=False)
     (tmp_path / "data" / "mnist").mkdir(parents=True)
     splits = lesson_splits(2)
@@ -477,3 +477,6 @@ def test_mnist_finds_the_lessons_pickle_in_data_mnist_of_this_folder(tmp_path, m
     np.testing.assert_array_equal(y, splits[0][1])
     with pytest.raises(datasets.DatasetError):  # not for Fashion-MNIST
         datasets.load("fashion-mnist", cache=tmp_path / "empty", system_dirs=(), download=False)
+    (tmp_path / "data" / "mnist" / "mnist.pkl.gz").write_bytes(b"damaged")  # passed over, and named
+    with pytest.raises(datasets.DatasetError, match=r"mnist\.pkl\.gz \(the lesson's pickle\): "):
+        datasets.load("mnist", cache=tmp_path / "empty", system_dirs=(), download=False)

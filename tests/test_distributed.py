@@ -239,5 +239,10 @@ def test_mistakes_under_torchrun_end_in_one_clear_error_on_every_rank(tmp_path):
     assert "training inputs (a checksum" in r0["different_data"]["message"]
     assert r0["batchnorm_one_row"]["error"] == r1["batchnorm_one_row"]["error"] == "DataError"
     assert "the last batch of rank 0, 1 holds 1 row" in r0["batchnorm_one_row"]["message"], r0
-    assert r0["resume_bs8"]["error"] == "FitError" and "no whole number of batches of 8 on 2" in r0["resume_bs8"]["message"]
+    assert r0["resume_bs8"]["error"] == "FitError" and "no whole number of batches of 8 on 2 processes" in r0["resume_bs8"]["message"]
     assert r0["resume_bs4"]["ok"]["resumed_from"]["batch"] == 3 and r0["resume_bs4"]["ok"]["first_batch"] == 3
+    assert r0["nan_inputs_alike"]["error"] == r1["nan_inputs_alike"]["error"] == "DataError", r0["nan_inputs_alike"]
+    assert r0["stand_in_batchnorm"]["error"] == "DataError" and "rank 1 has a batch fewer" in r0["stand_in_batchnorm"][
+        "message"], r0["stand_in_batchnorm"]
+    assert r0["validation_on_one_rank"] == r1["validation_on_one_rank"], (r0, r1)
+    assert "batches for a loader without arrays): rank 0 61, rank 1 -1" in r0["validation_on_one_rank"]["message"], r0

@@ -980,3 +980,13 @@ def test_epochs_given_metrics_names_the_argument_order():
     net = lesson_net()
     with pytest.raises(FitError, match=r"got a list of 1 functions \(metrics\?\) in its place: the order is"):
         fit(net, md_of(), [accuracy])
+
+
+def test_the_implicit_dim_note_takes_subclasses_of_the_softmax_layers():
+    class LogProbs(nn.LogSoftmax):  # a user's own subclass, still without dim
+        pass
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(784, 10), LogProbs())
+    messages, _ = warned(lambda: fit(net, md_of(), 1, optim.Adam(net.parameters()), nn.NLLLoss(), verbose=False))
+    assert any(m.startswith("Implicit dimension choice for log_softmax") and "nn.LogProbs() in layer '1'" in m
+               for m in messages), messages

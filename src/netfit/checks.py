@@ -262,7 +262,7 @@ def _check_last_batch(model, dl, x):
     (under torchrun: some rank's last batch, or the 1-row stand-in a rank with a batch fewer steps on),
     and the layer would then see one value per channel, which it cannot normalise in training (torch
     says so mid-epoch, deep in the model). BatchNorm2d on images sees H*W values per channel and is fine."""
-    if not hasattr(dl, "n_batches") or getattr(dl, "drop_last", False):
+    if not hasattr(dl, "n_batches"):
         return
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -270,7 +270,8 @@ def _check_last_batch(model, dl, x):
     dist = torch.distributed
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     counts = [dl.n_batches(r, world) for r in range(world)]
-    ones = [r for r in range(world) if counts[r] and dl.rows(counts[r] - 1, r, world) == 1]
+    ones = [] if getattr(dl, "drop_last", False) else [
+        r for r in range(world) if counts[r] and dl.rows(counts[r] - 1, r, world) == 1]
     short = [r for r in range(world) if counts[r] < counts[0]]  # see fit's _in_lockstep
     if not ones and not short:
         return
@@ -287,7 +288,7 @@ def _check_last_batch(model, dl, x):
     if world == 1:
         which = f"the last training batch holds 1 row ({len(dl.x)} rows in batches of {dl.bs})"
     else:
-        which = (f"under {world} processes, each taking every {world}th of the {len(dl.x)} rows in batches of {dl.bs}, "
+        which = (f"under {world} processes, each taking one in {world} of the {len(dl.x)} rows in batches of {dl.bs}, "
                  + (f"the last batch of rank {', '.join(map(str, ones))} holds 1 row" if ones else
                     f"rank {', '.join(map(str, short))} has a batch fewer and steps on a 1-row stand-in"))
     raise DataError(f"{which}, and the model's BatchNorm cannot train on a single value per channel: choose a batch "
@@ -337,7 +338,8 @@ def _implicit_dim_note(model):
     if new:
         name, layer = new[0]
         kind = type(layer).__name__
-        function = {"LogSoftmax": "log_softmax", "Softmax": "softmax", "Softmin": "softmin"}[kind]
+        function = ("log_softmax" if isinstance(layer, nn.LogSoftmax) else  # subclasses too
+                    "softmin" if isinstance(layer, nn.Softmin) else "softmax")
         _warn(f"Implicit dimension choice for {function} has been deprecated (PyTorch's words): nn.{kind}() in layer "
               f"{name!r} has no dim. PyTorch takes "
               f"dim=1 for 2-D (N, C) and 4-D outputs, the classes, as the lesson means (dim=0 for 1-D and 3-D "

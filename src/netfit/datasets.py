@@ -432,10 +432,14 @@ def load(name, path=None, *, cache=None, system_dirs=None, mirrors=None, files=N
         except DatasetError as e:
             tried.append(str(e))
     lesson = Path("data") / "mnist" / "mnist.pkl.gz"  # where the lesson's get_data(URL+FILENAME, path+FILENAME) puts it
-    if name == "mnist":
+    if name == "mnist":  # read as it is (it has no published hash): the user or the lesson's get_data put it there
         if lesson.is_file():
-            return _load_pickle(lesson, n_given)
-        tried.append(f"{lesson} (the lesson's pickle, from this folder): no such file")
+            try:
+                return _load_pickle(lesson, n_given)
+            except DatasetError as e:
+                tried.append(f"{lesson.resolve()} (the lesson's pickle): {e}")
+        else:
+            tried.append(f"{lesson.resolve()} (the lesson's pickle, under the current folder): no such file")
     if not download:
         tried.append("download: not tried (download=False)")
     elif not mirrors:

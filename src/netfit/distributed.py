@@ -80,7 +80,7 @@ def setup(device):
         backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(torch.device(device))
-        if "TORCHELASTIC_RUN_ID" not in os.environ:  # not torchrun: perhaps variables left from another run
+        if "TORCHELASTIC_RUN_ID" not in os.environ and rank() == 0:  # not torchrun: perhaps variables left over
             print(f"netfit: WORLD_SIZE={world()} and RANK={rank()} are set in the environment: joining a process group "
                   f"at {os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')} and waiting for "
                   "the other processes (unset WORLD_SIZE to train in this process alone)", file=sys.stderr, flush=True)
@@ -146,7 +146,8 @@ def disagreement(named_values, device):
     dist.all_reduce(table, op=dist.ReduceOp.SUM)  # each rank fills its own row of zeros
     table = table.cpu()
     bad = [f"{name}: " + ", ".join(f"rank {k} {table[k, j].item():.10g}" for k in range(w))
-           for j, (name, _) in enumerate(named_values) if not bool((table[:, j] == table[0, j]).all())]
+           for j, (name, _) in enumerate(named_values)
+           if not torch.isclose(table[:, j], table[0, j].expand(w), rtol=0, atol=0, equal_nan=True).all()]
     return "; ".join(bad) or None
 
 

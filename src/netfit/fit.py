@@ -340,7 +340,7 @@ def fit(model, data, epochs=None, opt=None, crit=None, metrics=None, callbacks=N
                     raise FitError(f"{checkpoint}: the checkpoint stopped mid-epoch over {len(order)} training rows; "
                                    f"the data has {len(trn_dl.x)}. Resume with the data it was saved with")
                 if resume_at["batch"] and "world" in resume_at:
-                    resume_at["batch"] = _resume_batch(resume_at, trn_dl, world, checkpoint)
+                    resume_at["batch"] = _resume_batch(resume_at, trn_dl, world, accumulate, checkpoint)
                 if start_epoch >= int(epochs) and resume_at["batch"] == 0:
                     _warn(f"{checkpoint} already holds {start_epoch} epochs and epochs={int(epochs)}: nothing left to "
                           "train (pass a larger epochs to train on)")
@@ -672,22 +672,27 @@ def _finite(run, losses):
 def _check_ranks_agree(trn_dl, val_dl, epochs, device):
     """FitError on every rank when the processes under torchrun were given different data, batch sizes
     or epochs: each would train on its own data without a word (an unseeded random split), or wait
-    forever for the others (other epochs or batch counts). Compares counts and a checksum of a few
-    hundred rows of each array: one small all-reduce."""
+    forever for the others (other epochs or batch counts). Compares counts and a checksum of at most
+    65,536 values of each array: one small all-reduce, the same length on every rank."""
+    def checksum(a):
+        if not isinstance(a, torch.Tensor) or not a.numel():
+            return -1.0
+        if not a.is_contiguous():
+            a = a[::max(1, len(a) // 64)].contiguous()
+        flat = a.reshape(-1)
+        return flat[::max(1, flat.numel() // 65536)].double().sum().item()  # NaN stays NaN: compared as equal
     values = [("epochs", epochs)]
     for what, dl in (("training", trn_dl), ("validation", val_dl)):
-        if dl is None:
-            continue
-        x, y = getattr(dl, "x", None), getattr(dl, "y", None)
-        values += [(f"{what} rows", len(x) if x is not None else len(dl)), (f"{what} batch size", getattr(dl, "bs", 0) or 0)]
-        for name, a in ((f"{what} inputs", x), (f"{what} labels", y)):
-            if isinstance(a, torch.Tensor) and a.numel():
-                values.append((f"{name} (a checksum of some rows)", a[::max(1, len(a) // 256)].double().sum().item()))
+        x = getattr(dl, "x", None)
+        values += [(f"{what} length (rows; batches for a loader without arrays)",  # one name on every rank
+                    -1 if dl is None else len(x) if x is not None else len(dl)),
+                   (f"{what} batch size", getattr(dl, "bs", 0) or 0),
+                   (f"{what} inputs (a checksum)", checksum(x)), (f"{what} labels (a checksum)", checksum(getattr(dl, "y", None)))]
     bad = dist_disagreement(values, device)
     if bad:
-        raise FitError(f"the processes under torchrun were given different data or settings ({bad}); every process "
-                       "must build the same arrays (seed a random split alike on all of them) and pass the same "
-                       "batch size and epochs: fit shares the rows out between them itself")
+        raise FitError(f"the processes under torchrun were given different data or settings ({bad}; -1: none); every "
+                       "process must build the same arrays (seed a random split alike on all of them) and pass the same "
+                       "batch size and epochs: fit shares an ArrayLoader's rows out between them itself")
 
 
 def _bad_epochs(epochs):
@@ -841,19 +846,23 @@ def _restore(run, path):
     return state
 
 
-def _resume_batch(state, dl, world, path):
+def _resume_batch(state, dl, world, accumulate, path):
     """The batch to resume a mid-epoch checkpoint at under `world` processes and `dl.bs`: the ranks'
     batches 0..k-1 covered the first k * bs * world rows of the epoch's order, whoever wrote it."""
     k, bs, saved_world = state["batch"], state.get("bs"), state["world"]
     new_bs = getattr(dl, "bs", None)
-    if (saved_world, bs) == (world, new_bs) or bs is None or new_bs is None:
+    if (saved_world, bs) == (world, new_bs) or bs is None or new_bs is None or not hasattr(dl, "n_batches"):
         return k
+    n_rank0 = -(-len(dl.x) // saved_world)  # rank 0 holds the most rows and takes the most batches
+    if k >= (n_rank0 // bs if dl.drop_last else -(-n_rank0 // bs)):  # saved at the epoch's last step
+        return dl.n_batches(0, world)
     done = k * bs * saved_world
-    if done % (new_bs * world):
+    procs = lambda n: f"{n} process{'es' if n > 1 else ''}"  # noqa: E731
+    if done % (new_bs * world) or (done // (new_bs * world)) % accumulate:
         raise FitError(f"{path}: the checkpoint stopped mid-epoch after {done} rows of the epoch ({k} batches of "
-                       f"{bs} on {saved_world} process{'es' if saved_world > 1 else ''}), which is no whole number of "
-                       f"batches of {new_bs} on {world}; resume with {saved_world} process"
-                       f"{'es' if saved_world > 1 else ''} and batch size {bs}, or from a checkpoint at an epoch's end")
+                       f"{bs} on {procs(saved_world)}), which is no whole number of "
+                       f"{'accumulation groups' if accumulate > 1 else 'batches'} of {new_bs} on {procs(world)}; "
+                       f"resume with {procs(saved_world)} and batch size {bs}, or from a checkpoint at an epoch's end")
     return done // (new_bs * world)
 
 

@@ -85,6 +85,8 @@ def _outputs(model, dl):
             p = gather_rows(p, n, rank, world)
             t = gather_rows(t, n, rank, world) if t is not None else None
         except RuntimeError as e:  # e.g. gloo's "Connection closed by peer": the other ranks did not call
+            if isinstance(e, torch.OutOfMemoryError):
+                raise
             raise RuntimeError(f"{e}\nnetfit: under torchrun every process must call predict (each predicts its "
                                "share of the rows, then they are gathered); a call on one rank alone cannot finish") from e
     return p.cpu().numpy(), (t.cpu().numpy() if t is not None else None)

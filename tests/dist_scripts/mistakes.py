@@ -56,6 +56,32 @@ def main():
         fit(net, md, 1, make_opt(net), nn.NLLLoss(), verbose=False)
     results["batchnorm_one_row"] = outcome(one_row_batchnorm)
 
+    def nan_inputs_alike():  # the same data with a NaN on every rank: the data check's error, not "different"
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(100, 20)).astype(np.float32)
+        x[3, 4] = np.nan
+        y = rng.integers(0, 3, 100)
+        md = ImageClassifierData.from_arrays(".", (x[:80], y[:80]), (x[80:], y[80:]), bs=8, device="cpu")
+        net = make_model()
+        fit(net, md, 1, make_opt(net), nn.NLLLoss(), verbose=False)
+    results["nan_inputs_alike"] = outcome(nan_inputs_alike)
+
+    def stand_in_batchnorm():  # 129 rows, drop_last batches of 13: rank 0 takes 5, rank 1 4 and a stand-in
+        from netfit import ArrayLoader
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(129, 20)).astype(np.float32)
+        y = rng.integers(0, 3, 129)
+        dl = ArrayLoader(x, y, bs=13, shuffle=True, drop_last=True)
+        net = make_model(batchnorm=True)
+        fit(net, (dl, None), 1, make_opt(net), nn.NLLLoss(), verbose=False)
+    results["stand_in_batchnorm"] = outcome(stand_in_batchnorm)
+
+    def validation_on_one_rank():  # rank 1 forgot its validation set: a FitError, not gloo's size mismatch
+        md = make_data(8)
+        net = make_model()
+        fit(net, md if rank == 0 else (md.trn_dl, None), 1, make_opt(net), nn.NLLLoss(), verbose=False)
+    results["validation_on_one_rank"] = outcome(validation_on_one_rank)
+
     def resume(bs):  # 3 batches of 8 in one process = 24 rows: 24 / (bs * 2) batches here
         def run():
             first = []

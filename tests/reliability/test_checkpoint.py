@@ -399,8 +399,44 @@ def test_a_mid_epoch_checkpoint_resumes_at_the_same_row_under_another_batch_size
     with pytest.raises(KeyboardInterrupt):
         run(32, [StopAt()], False)
     with pytest.raises(FitError, match=r"after 96 rows of the epoch \(3 batches of 32 on 1 process\), which is no whole "
-                                        r"number of batches of 64 on 1"):
+                                        r"number of batches of 64 on 1 process"):
         run(64, [], True)
     first = FirstBatch()
     h = run(16, [first], True)
     assert h.info["resumed_from"]["batch"] == 3 and first.first == 6  # 96 rows in: batch 6 of 16 rows
+
+
+def test_a_checkpoint_from_an_epochs_last_step_resumes_under_another_batch_size(tmp_path):
+    # interrupted during validation, after the mid-epoch save of the last step: all 512 rows are done, so any
+    # batch size resumes at the epoch's end; and an accumulation group cut in two is refused
+    from torch import nn, optim
+    from netfit import FitError, ImageClassifierData, fit
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 8)).astype(np.float32); y = (x[:, 0] > 0).astype(np.int64)
+
+    class StopAt:
+        def __init__(self, event, batch=None):
+            self.event, self.batch = event, batch
+
+        def after_epoch(self, run):
+            if self.event == "after_epoch":
+                raise KeyboardInterrupt
+
+        def after_batch(self, run):
+            if self.event == "after_batch" and run.batch == self.batch:
+                raise KeyboardInterrupt
+
+    def run(bs, callbacks, resume, path, accumulate=1, every=16):
+        md = ImageClassifierData.from_arrays(".", (x, y), (x[:64], y[:64]), bs=bs, device="cpu")
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(8, 2), nn.LogSoftmax(dim=1))
+        return fit(net, md, 2, optim.Adam(net.parameters()), verbose=False, checkpoint=path, accumulate=accumulate,
+                   checkpoint_every=every, resume=resume, callbacks=callbacks, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        run(32, [StopAt("after_epoch")], False, tmp_path / "end")  # the save of step 16 = batch 16 of 16
+    h = run(40, [], True, tmp_path / "end")  # 512 rows are 12.8 batches of 40: the epoch is over, not refused
+    assert h.info["resumed_from"]["batch"] == 16 and len(h) == 2
+    with pytest.raises(KeyboardInterrupt):  # accumulate 2: saves every optimizer step (2 batches); stop after batch 6
+        run(32, [StopAt("after_batch", 6)], False, tmp_path / "acc", accumulate=2, every=1)
+    with pytest.raises(FitError, match=r"after 192 rows .* no whole number of accumulation groups of 64 on 1 process"):
+        run(64, [], True, tmp_path / "acc", accumulate=2, every=1)  # 192 rows = 3 batches of 64: half a group
