@@ -59,6 +59,8 @@ RESULT_TAG = "BENCH_RESULT "  # the child prints its result as one JSON line aft
 QUICK_ROWS = 10_000           # training rows used by --quick
 SEED = 0                      # set per run by the parent: repeat r uses seed r (weights and shuffling)
 DEFAULTS = False              # set by --defaults: each library's output and bookkeeping as it ships
+DEFAULTS_NOTE = (" DEFAULTS: each library with its default output and bookkeeping on (progress bars, loggers, "
+                 "checkpoints, epoch tables), output to a pipe.")
 
 
 # ---------------------------------------------------------------- the child: one contender, one model
@@ -354,8 +356,8 @@ def run_child(contender, model, args, seed=0):
     if contender in PACKAGES and importlib.util.find_spec(PACKAGES[contender]) is None:
         return {"contender": contender, "model": model, "status": "not installed"}
     cmd = [sys.executable, __file__, "--contender", contender, "--models", model, "--epochs", str(args.epochs),
-           "--device", args.device, "--threads", str(args.threads), "--seed", str(seed)] + (["--quick"] if args.quick else []) + (
-           ["--defaults"] if args.defaults else [])
+           "--device", args.device, "--threads", str(args.threads), "--seed", str(seed)]
+    cmd += (["--quick"] if args.quick else []) + (["--defaults"] if args.defaults else [])
     env = dict(os.environ, KERAS_BACKEND="torch", PYTHONWARNINGS="ignore")
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
@@ -447,7 +449,7 @@ def write_report(runs, args):
           f"not timed); accuracy on the 10,000 validation rows after the last epoch. Wall-clock times: on a "
           f"shared machine other load adds noise."
           f"{f' QUICK: {QUICK_ROWS:,} training rows, a smoke test; its ratios can be far off.' if args.quick else ''}"
-          f"{' DEFAULTS: each library with its default output and bookkeeping on (progress bars, loggers, checkpoints, epoch tables), output to a pipe.' if args.defaults else ' Output and bookkeeping off in every contender.'}"
+          f"{DEFAULTS_NOTE if args.defaults else ' Output and bookkeeping off in every contender.'}"
           f"{chr(10) + 'netfit History.info: ' + json.dumps(netfit_info) if netfit_info else ''}\n\n{table(rows)}\n")
     print("\n" + md)
     out = Path(args.out)

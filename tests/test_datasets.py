@@ -407,7 +407,8 @@ def test_get_data_verifies_and_leaves_nothing_on_a_mismatch(file_server, tmp_pat
     assert datasets.get_data(url + "mnist.pkl.gz", dest, md5=good) == dest and dest.read_bytes() == blob
     other = tmp_path / "data" / "again.pkl.gz"  # sha256 as sha256sum prints it for the .gz file
     assert datasets.get_data(url + "mnist.pkl.gz", other, sha256=hashlib.sha256(blob).hexdigest()) == other
-    with pytest.raises(datasets.DatasetError, match=r"HTTP 404 File not found\. To go on without this download, copy the file to .*other\.pkl\.gz by hand"):
+    by_hand = r"HTTP 404 File not found\. To go on without this download, copy the file to .*other\.pkl\.gz by hand"
+    with pytest.raises(datasets.DatasetError, match=by_hand):
         datasets.get_data(url + "missing.pkl.gz", tmp_path / "data" / "other.pkl.gz")
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["again.pkl.gz", "mnist.pkl.gz"]
     with pytest.raises(datasets.DatasetError, match="HTTP 404"):

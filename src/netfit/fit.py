@@ -687,7 +687,8 @@ def _check_ranks_agree(trn_dl, val_dl, epochs, device):
         values += [(f"{what} length (rows; batches for a loader without arrays)",  # one name on every rank
                     -1 if dl is None else len(x) if x is not None else len(dl)),
                    (f"{what} batch size", getattr(dl, "bs", 0) or 0),
-                   (f"{what} inputs (a checksum)", checksum(x)), (f"{what} labels (a checksum)", checksum(getattr(dl, "y", None)))]
+                   (f"{what} inputs (a checksum)", checksum(x)),
+                   (f"{what} labels (a checksum)", checksum(getattr(dl, "y", None)))]
     bad = dist_disagreement(values, device)
     if bad:
         raise FitError(f"the processes under torchrun were given different data or settings ({bad}; -1: none); every "
