@@ -699,11 +699,15 @@ def _check_ranks_agree(trn_dl, val_dl, epochs, device):
 def _bad_epochs(epochs):
     """FitError's text for an `epochs` that is not a count: an optimizer, loss or metrics there is an
     argument-order slip (fastai 0.7's fit(model, data, epochs, opt, crit)); long reprs cut to a line."""
-    if (isinstance(epochs, (torch.optim.Optimizer, nn.Module)) or callable(epochs)
-            or (isinstance(epochs, (list, tuple)) and epochs and all(map(callable, epochs)))):  # metrics
-        what = (f"a list of {len(epochs)} functions (metrics?)" if isinstance(epochs, (list, tuple)) else
-                type(epochs).__name__ if not callable(epochs) or isinstance(epochs, nn.Module) else
-                getattr(epochs, "__name__", type(epochs).__name__))
+    if isinstance(epochs, (list, tuple)) and epochs and all(map(callable, epochs)):
+        what = f"a list of {len(epochs)} functions (metrics?)"
+    elif isinstance(epochs, (torch.optim.Optimizer, nn.Module)):
+        what = type(epochs).__name__
+    elif callable(epochs):  # a loss or metric function
+        what = getattr(epochs, "__name__", type(epochs).__name__)
+    else:
+        what = None
+    if what:
         return f"epochs must be a non-negative integer; got {what} in its place: {_ORDER}"
     text = " ".join(repr(epochs).split())
     return f"epochs must be a non-negative integer; got {text[:80] + ('...' if len(text) > 80 else '')}"

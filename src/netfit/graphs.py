@@ -176,7 +176,8 @@ class GraphedStep:
         self.params = [p for g in opt.param_groups for p in g["params"]]
         self.sizes = [len(g["params"]) for g in opt.param_groups]  # the groups the graph was built for
         self.lrs = [torch.tensor(float(g["lr"]), device=device) for g in opt.param_groups] if capture else None
-        self.lr_floats = None  # per group: (the rate as the float last written, the tensor's float32 reading of it)
+        # per group: (the rate as the float last written, what float() reads back from its float32 tensor)
+        self.lr_floats = [None] * len(self.lrs) if capture else None
         self.ptrs = None  # the weights' storage when captured
         self.graph, self.warm, self.recaptures, self.preds, self.loss = None, 0, 0, None, None
         self.outputs = None  # the captured graph's preds and loss, which each replay overwrites
@@ -193,20 +194,15 @@ class GraphedStep:
             self.why_not = "the model has hooks"
         self._check_groups()
         if self.capture and not self.why_not:  # the captured kernels read the rates from these tensors
-            self.lr_floats = []
-            for g, t in zip(self.opt.param_groups, self.lrs):
-                self._write_rate(g, t, len(self.lr_floats))
+            for i, (g, t) in enumerate(zip(self.opt.param_groups, self.lrs)):
+                self._write_rate(g, t, i)
 
     def _write_rate(self, group, t, i):
         """Put a group's float rate into its device tensor, and the tensor in the group; remember the float."""
         lr = float(group["lr"])
         t.fill_(lr)
         group["lr"] = t
-        entry = (lr, float(np.float32(lr)) if t.dtype == torch.float32 else lr)  # what float(t) will read
-        if i < len(self.lr_floats):
-            self.lr_floats[i] = entry
-        else:
-            self.lr_floats.append(entry)
+        self.lr_floats[i] = (lr, float(np.float32(lr)) if t.dtype == torch.float32 else lr)
 
     def _check_groups(self):
         """Give up when a callback added a param group or moved parameters between groups, or gave a
@@ -224,8 +220,8 @@ class GraphedStep:
         if self.capture:
             for i, (g, t) in enumerate(zip(self.opt.param_groups, self.lrs)):
                 if g["lr"] is t:  # the float as written (0.01, not 0.0099999998), unless the tensor was changed in place
-                    written, reading = self.lr_floats[i] if i < len(self.lr_floats or ()) else (None, None)
-                    g["lr"] = written if written is not None and float(t) == reading else float(t)
+                    entry = self.lr_floats[i]
+                    g["lr"] = entry[0] if entry is not None and float(t) == entry[1] else float(t)
         self._drop_grads()  # as after an eager epoch; the graph keeps its own gradient buffers
 
     def load(self, order, i):
